@@ -1,0 +1,3 @@
+//! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
+
+pub mod trace;
