@@ -6,13 +6,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::episode::Source;
+use super::episode::{Source, TraceFormat};
 
 /// One span, with ids as lowercase hex and attributes flattened to JSON values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Span {
     pub trace_id: String,
     pub span_id: String,
+    /// The format (and for OTLP, the encoding) the span was read from.
+    pub format: TraceFormat,
     /// `None` for a root span.
     pub parent_span_id: Option<String>,
     pub name: String,
