@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::diagnostic::{Diagnostic, Reason};
+use super::diagnostic::{Diagnostic, decode_json};
 use super::episode::{Source, TraceFormat};
 use super::span::{Span, SpanEvent};
 
@@ -55,19 +55,7 @@ fn seconds_to_nanos(seconds: Option<f64>) -> u64 {
 
 /// Parses one span line.
 pub(super) fn parse_span(line: &[u8], source: &Source) -> Result<Span, Diagnostic> {
-    let raw: RawSpan = serde_json::from_slice(line).map_err(|err| {
-        let reason = if err.is_data() {
-            Reason::InvalidField
-        } else {
-            Reason::InvalidJson
-        };
-        Diagnostic::new(
-            &source.file,
-            source.line,
-            reason,
-            format!("agent-lightning span: {err}"),
-        )
-    })?;
+    let raw: RawSpan = decode_json(line, source, "agent-lightning span")?;
     let normalize = |id: &str| id.trim_start_matches("0x").to_ascii_lowercase();
     let (error, status_message) = match raw.status {
         Some(status) => (

@@ -161,7 +161,7 @@ pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
         target.extend(found);
     }
 
-    let has_agent = roles.iter().any(|r| *r == Role::Agent);
+    let has_agent = roles.contains(&Role::Agent);
     if steps.is_empty() && !has_agent && rewards.is_empty() {
         let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         names.dedup();
@@ -481,18 +481,18 @@ fn read_messages(a: &Map<String, Value>) -> (Vec<Message>, Option<String>, Vec<R
                 }
             }
         }
-        if let Some(function) = m.get("function_call").and_then(Value::as_object) {
-            if let Some(name) = function.get("name") {
-                tool_calls.push(RequestedToolCall {
-                    id: None,
-                    name: text_of(name),
-                    arguments: function
-                        .get("arguments")
-                        .cloned()
-                        .map(parse_json_string)
-                        .unwrap_or(Value::Null),
-                });
-            }
+        if let Some(function) = m.get("function_call").and_then(Value::as_object)
+            && let Some(name) = function.get("name")
+        {
+            tool_calls.push(RequestedToolCall {
+                id: None,
+                name: text_of(name),
+                arguments: function
+                    .get("arguments")
+                    .cloned()
+                    .map(parse_json_string)
+                    .unwrap_or(Value::Null),
+            });
         }
     }
     (input_messages, output_text, tool_calls)

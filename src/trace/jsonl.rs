@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::{Diagnostic, Reason};
+use super::diagnostic::{Diagnostic, Reason, decode_json};
 use super::episode::*;
 
 #[derive(Deserialize)]
@@ -80,17 +80,7 @@ enum RawError {
 /// derived from the line's bytes, so re-reading the same line dedups.
 pub(super) fn parse_episode(line: &[u8], source: &Source) -> Result<Episode, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
-    let mut de = serde_json::Deserializer::from_slice(line);
-    let raw: RawEpisode = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let reason = if inner.is_data() {
-            Reason::InvalidField
-        } else {
-            Reason::InvalidJson
-        };
-        fail(reason, format!("episode field `{path}`: {inner}"))
-    })?;
+    let raw: RawEpisode = decode_json(line, source, "episode")?;
     if let Some(version) = raw.whetstone.filter(|&v| v != 1) {
         return Err(fail(
             Reason::InvalidField,

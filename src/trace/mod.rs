@@ -110,7 +110,7 @@ pub fn is_document(head: &[u8]) -> bool {
     let first = first.trim_ascii();
     first.starts_with(b"{") && serde_json::from_slice::<serde::de::IgnoredAny>(first).is_err() && {
         // A single long line that was cut by `head` is not a document.
-        head.iter().any(|&b| b == b'\n')
+        head.contains(&b'\n')
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use serde_json::{Map, Value};
 
-use super::diagnostic::{Diagnostic, Reason};
+use super::diagnostic::{Diagnostic, Reason, decode_json};
 use super::episode::{Source, TraceFormat};
 use super::span::{Span, SpanEvent};
 
@@ -227,19 +227,7 @@ fn attributes_to_map(attributes: Vec<KeyValue>) -> Map<String, Value> {
 /// Decodes one export request into spans. `source` is the line (or the first
 /// line of the document) the request came from.
 pub(super) fn parse_request(bytes: &[u8], source: &Source) -> Result<Vec<Span>, Diagnostic> {
-    let request: ExportRequest = serde_json::from_slice(bytes).map_err(|err| {
-        let reason = if err.is_data() {
-            Reason::InvalidField
-        } else {
-            Reason::InvalidJson
-        };
-        Diagnostic::new(
-            &source.file,
-            source.line,
-            reason,
-            format!("OTLP request: {err}"),
-        )
-    })?;
+    let request: ExportRequest = decode_json(bytes, source, "OTLP request")?;
     let mut spans = Vec::new();
     for resource in request.resource_spans {
         for scope in resource.scope_spans {
