@@ -709,6 +709,7 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
         child.wait().unwrap();
         counts.push(Store::open(&data).unwrap().episode_count().unwrap());
     }
+    eprintln!("episodes after each killed run: {counts:?}");
     let out = import(&data).output().unwrap();
     assert!(
         out.status.success(),

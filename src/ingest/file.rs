@@ -75,29 +75,23 @@ pub fn ingest_file(
 ) -> Result<(), FileError> {
     let cursor = store.cursor(&open.path)?;
     let head = read_head(&open.file, open.size)?;
-    if let Some(cursor) = &cursor {
-        if cursor.layout == Layout::Lines && cursor.offset > 0 {
-            let same_file = cursor.identity == open.identity
-                && open.size >= cursor.offset
-                && content_key(&[&head[..cursor.fingerprint_len as usize]]) == cursor.fingerprint;
-            if same_file {
-                return ingest_lines(
-                    store,
-                    &open,
-                    &head,
-                    cursor.offset,
-                    cursor.line,
-                    options,
-                    report,
-                    progress,
-                );
-            }
-            tracing::info!(
-                file = %open.path,
-                "trace file was truncated or replaced since it was last read; reading it again from the start"
-            );
-            report.files_reread += 1;
+    if let Some(cursor) = cursor
+        .as_ref()
+        .filter(|c| c.layout == Layout::Lines && c.offset > 0)
+    {
+        let prefix = head.get(..cursor.fingerprint_len as usize);
+        let same_file = cursor.identity == open.identity
+            && open.size >= cursor.offset
+            && prefix.is_some_and(|prefix| content_key(&[prefix]) == cursor.fingerprint);
+        if same_file {
+            let resume = (cursor.offset, cursor.line);
+            return ingest_lines(store, &open, &head, resume, options, report, progress);
         }
+        tracing::info!(
+            file = %open.path,
+            "trace file was truncated or replaced since it was last read; reading it again from the start"
+        );
+        report.files_reread += 1;
     }
     if open.size == 0 {
         return Ok(());
@@ -109,7 +103,7 @@ pub fn ingest_file(
             DocumentOutcome::ReadAsLines => {}
         }
     }
-    ingest_lines(store, &open, &head, 0, 0, options, report, progress)
+    ingest_lines(store, &open, &head, (0, 0), options, report, progress)
 }
 
 /// The first (up to) [`FINGERPRINT_BYTES`] bytes of the file.
@@ -120,13 +114,12 @@ fn read_head(mut file: &File, size: u64) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Reads complete lines from `resume` = (byte offset, lines before it).
 fn ingest_lines(
     store: &mut Store,
     open: &OpenFile,
     head: &[u8],
-    start_offset: u64,
-    start_line: u64,
+    (start_offset, start_line): (u64, u64),
     options: &IngestOptions,
     report: &mut IngestReport,
     progress: &mut dyn FnMut(u64),
