@@ -1,3 +1,5 @@
 //! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
 
+pub mod cli;
+pub mod config;
 pub mod trace;
