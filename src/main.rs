@@ -28,12 +28,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut stderr = std::io::stderr().lock();
-    if let Some(config_err) = err.chain().find_map(|cause| cause.downcast_ref::<ConfigError>()) {
+    if let Some(config_err) = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ConfigError>())
+    {
         // One problem per line, compiler style, so editors can jump to each.
         let _ = writeln!(stderr, "{config_err}");
         let n_problems = config_err.problems().len();
         let plural = if n_problems == 1 { "" } else { "s" };
-        let _ = writeln!(stderr, "whetstone: invalid configuration ({n_problems} problem{plural})");
+        let _ = writeln!(
+            stderr,
+            "whetstone: invalid configuration ({n_problems} problem{plural})"
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let _ = writeln!(stderr, "whetstone: {err:#}");

@@ -114,14 +114,32 @@ mod tests {
     #[test]
     fn offsets_map_to_one_based_lines_and_character_columns() {
         let text = "a = 1\n[é]\nbé = 2\n";
-        assert_eq!(Location::of_offset(text, 0), Location { line: 1, column: 1 });
-        assert_eq!(Location::of_offset(text, 4), Location { line: 1, column: 5 });
-        assert_eq!(Location::of_offset(text, 6), Location { line: 2, column: 1 });
+        assert_eq!(
+            Location::of_offset(text, 0),
+            Location { line: 1, column: 1 }
+        );
+        assert_eq!(
+            Location::of_offset(text, 4),
+            Location { line: 1, column: 5 }
+        );
+        assert_eq!(
+            Location::of_offset(text, 6),
+            Location { line: 2, column: 1 }
+        );
         // "bé = 2" starts at byte 11; '=' is at byte 15 but character column 4.
-        assert_eq!(Location::of_offset(text, 15), Location { line: 3, column: 4 });
+        assert_eq!(
+            Location::of_offset(text, 15),
+            Location { line: 3, column: 4 }
+        );
         // Inside the two-byte 'é' and past the end are clamped, not panics.
-        assert_eq!(Location::of_offset(text, 8), Location { line: 2, column: 2 });
-        assert_eq!(Location::of_offset(text, 999), Location { line: 4, column: 1 });
+        assert_eq!(
+            Location::of_offset(text, 8),
+            Location { line: 2, column: 2 }
+        );
+        assert_eq!(
+            Location::of_offset(text, 999),
+            Location { line: 4, column: 1 }
+        );
     }
 
     #[test]
@@ -129,7 +147,10 @@ mod tests {
         let error = ConfigError::new(vec![
             Problem {
                 file: PathBuf::from("config.toml"),
-                location: Some(Location { line: 12, column: 1 }),
+                location: Some(Location {
+                    line: 12,
+                    column: 1,
+                }),
                 key: Some("traces.max_line_bytes".into()),
                 message: "must be between 1024 and 1073741824, got 5".into(),
             },

@@ -90,7 +90,8 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         return Ok(config);
     };
     let whole_file = |message: String| ConfigError::new(vec![Problem::whole_file(path, message)]);
-    let text = std::fs::read_to_string(path).map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|err| whole_file(format!("cannot read: {err}")))?;
     let mut config = parse(&text, path)?;
     let absolute = std::path::absolute(path)
         .map_err(|err| whole_file(format!("cannot resolve its directory: {err}")))?;
@@ -106,7 +107,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let problem = Problem {
             file: file.to_path_buf(),
             location: offset.map(|offset| Location::of_offset(text, offset)),
-            key: doc.zip(offset).and_then(|(doc, offset)| locate::key_path_at(doc, offset)),
+            key: doc
+                .zip(offset)
+                .and_then(|(doc, offset)| locate::key_path_at(doc, offset)),
             message: err.message().to_owned(),
         };
         ConfigError::new(vec![problem])
@@ -130,7 +133,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if !problems.is_empty() {
         // File order reads best; keys left at their defaults have no
         // location and go last.
-        problems.sort_by_key(|problem| problem.location.map_or((usize::MAX, 0), |l| (l.line, l.column)));
+        problems.sort_by_key(|problem| {
+            problem
+                .location
+                .map_or((usize::MAX, 0), |l| (l.line, l.column))
+        });
         return Err(ConfigError::new(problems));
     }
     Ok(config)
@@ -152,7 +159,8 @@ mod tests {
 
     #[test]
     fn documented_file_is_exactly_the_embedded_defaults() {
-        let parsed = parse(DOCUMENTED, Path::new("config.toml")).unwrap_or_else(|err| panic!("{err}"));
+        let parsed =
+            parse(DOCUMENTED, Path::new("config.toml")).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(parsed, Config::default());
         assert_eq!(Config::default().validate(), []);
     }
@@ -189,10 +197,15 @@ mod tests {
         let mut section = String::new();
         let mut found = Vec::new();
         for line in text.lines() {
-            if let Some(header) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+            if let Some(header) = line
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
                 section = format!("{header}.");
             }
-            let Some(body) = line.strip_prefix("# ") else { continue };
+            let Some(body) = line.strip_prefix("# ") else {
+                continue;
+            };
             // Prose rarely parses as a one-key TOML document; settings do.
             if let Ok(table) = body.parse::<toml::Table>()
                 && let [(key, value)] = table.iter().collect::<Vec<_>>()[..]
@@ -207,26 +220,51 @@ mod tests {
     #[test]
     fn every_setting_is_documented_and_every_documented_setting_exists() {
         let mut all = BTreeSet::new();
-        json_leaves(&serde_json::to_value(Config::default()).unwrap(), "", &mut all);
-        let set_by_default: BTreeSet<String> =
-            all.iter().filter(|(_, null)| !null).map(|(key, _)| key.clone()).collect();
-        let unset_by_default: BTreeSet<String> =
-            all.iter().filter(|(_, null)| *null).map(|(key, _)| key.clone()).collect();
+        json_leaves(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut all,
+        );
+        let set_by_default: BTreeSet<String> = all
+            .iter()
+            .filter(|(_, null)| !null)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let unset_by_default: BTreeSet<String> = all
+            .iter()
+            .filter(|(_, null)| *null)
+            .map(|(key, _)| key.clone())
+            .collect();
 
         let mut written = BTreeSet::new();
-        toml_leaves(&DOCUMENTED.parse::<toml::Table>().unwrap(), "", &mut written);
-        assert_eq!(written, set_by_default, "keys written in config.toml vs Config::default()");
+        toml_leaves(
+            &DOCUMENTED.parse::<toml::Table>().unwrap(),
+            "",
+            &mut written,
+        );
+        assert_eq!(
+            written, set_by_default,
+            "keys written in config.toml vs Config::default()"
+        );
 
         let commented = commented_settings(DOCUMENTED);
-        let commented_keys: BTreeSet<String> = commented.iter().map(|(key, _)| key.clone()).collect();
-        assert_eq!(commented_keys, unset_by_default, "optional keys shown commented out in config.toml");
+        let commented_keys: BTreeSet<String> =
+            commented.iter().map(|(key, _)| key.clone()).collect();
+        assert_eq!(
+            commented_keys, unset_by_default,
+            "optional keys shown commented out in config.toml"
+        );
 
         // Uncommenting an example must give a valid, different configuration.
         for (key, line) in &commented {
             let uncommented = DOCUMENTED.replacen(&format!("# {line}"), line, 1);
             let config = parse(&uncommented, Path::new("config.toml"))
                 .unwrap_or_else(|err| panic!("uncommenting {key}: {err}"));
-            assert_ne!(config, Config::default(), "uncommenting {key} changed nothing");
+            assert_ne!(
+                config,
+                Config::default(),
+                "uncommenting {key} changed nothing"
+            );
         }
     }
 
@@ -242,20 +280,32 @@ mod tests {
     fn unknown_keys_are_reported_with_location_and_key_path() {
         let found = errors("[traces]\nquiet_period = 5\n");
         assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("config.toml:2:1: traces.quiet_period: unknown field `quiet_period`"),
-            "{found:?}");
+        assert!(
+            found[0]
+                .starts_with("config.toml:2:1: traces.quiet_period: unknown field `quiet_period`"),
+            "{found:?}"
+        );
         let found = errors("colour = 1\n");
-        assert!(found[0].starts_with("config.toml:1:1: colour: unknown field `colour`"), "{found:?}");
+        assert!(
+            found[0].starts_with("config.toml:1:1: colour: unknown field `colour`"),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn wrong_types_are_reported_at_the_value() {
         let found = errors("[llm]\n\ntimeout_secs = \"sixty\"\n");
         assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("config.toml:3:16: llm.timeout_secs: invalid type: string \"sixty\""),
-            "{found:?}");
+        assert!(
+            found[0]
+                .starts_with("config.toml:3:16: llm.timeout_secs: invalid type: string \"sixty\""),
+            "{found:?}"
+        );
         let found = errors("traces = 5\n");
-        assert!(found[0].starts_with("config.toml:1:10: traces: invalid type: integer"), "{found:?}");
+        assert!(
+            found[0].starts_with("config.toml:1:10: traces: invalid type: integer"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -286,7 +336,11 @@ mod tests {
     fn load_resolves_relative_paths_against_the_file_directory() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("whetstone.toml");
-        std::fs::write(&file, "data_dir = \"state\"\n[traces]\ndir = \"/abs/traces\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"state\"\n[traces]\ndir = \"/abs/traces\"\n",
+        )
+        .unwrap();
         let config = load(Some(&file)).unwrap();
         assert_eq!(config.data_dir, dir.path().join("state"));
         assert_eq!(config.traces.dir, Path::new("/abs/traces"));
@@ -304,6 +358,9 @@ mod tests {
         let err = load(Some(&missing)).unwrap_err();
         assert_eq!(err.problems().len(), 1);
         let shown = err.to_string();
-        assert!(shown.starts_with(&format!("{}: cannot read: ", missing.display())), "{shown}");
+        assert!(
+            shown.starts_with(&format!("{}: cannot read: ", missing.display())),
+            "{shown}"
+        );
     }
 }

@@ -49,7 +49,11 @@ impl TracesConfig {
         check.at_least("quiet_period_secs", self.quiet_period_secs, 1);
         check.in_range("max_line_bytes", self.max_line_bytes, KIB..=GIB);
         check.in_range("max_document_bytes", self.max_document_bytes, KIB..=4 * GIB);
-        check.in_range("max_spans_per_trace", self.max_spans_per_trace, 1..=10_000_000);
+        check.in_range(
+            "max_spans_per_trace",
+            self.max_spans_per_trace,
+            1..=10_000_000,
+        );
         check.in_range("batch_lines", self.batch_lines, 1..=1_000_000);
     }
 

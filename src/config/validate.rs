@@ -7,7 +7,7 @@
 //! fixing a file sees every problem at once rather than one per run.
 
 use std::cmp::Ordering;
-use std::fmt::Display;
+use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
@@ -46,7 +46,8 @@ impl Checker {
     }
 
     /// Requires `min <= value <= max`. A NaN float is out of every range.
-    pub fn in_range<T: PartialOrd + Display>(
+    /// Numbers print with `Debug`, so floats keep their `.0`.
+    pub fn in_range<T: PartialOrd + Debug>(
         &mut self,
         key: &str,
         value: T,
@@ -54,15 +55,21 @@ impl Checker {
     ) {
         if !range.contains(&value) {
             let (min, max) = range.into_inner();
-            self.fail(key, format!("must be between {min} and {max}, got {value}"));
+            self.fail(
+                key,
+                format!("must be between {min:?} and {max:?}, got {value:?}"),
+            );
         }
     }
 
     /// Requires `value >= min`.
-    pub fn at_least<T: PartialOrd + Display>(&mut self, key: &str, value: T, min: T) {
+    pub fn at_least<T: PartialOrd + Debug>(&mut self, key: &str, value: T, min: T) {
         // `partial_cmp` is `None` for NaN, which must be rejected too.
-        if !matches!(value.partial_cmp(&min), Some(Ordering::Greater | Ordering::Equal)) {
-            self.fail(key, format!("must be at least {min}, got {value}"));
+        if !matches!(
+            value.partial_cmp(&min),
+            Some(Ordering::Greater | Ordering::Equal)
+        ) {
+            self.fail(key, format!("must be at least {min:?}, got {value:?}"));
         }
     }
 
@@ -92,7 +99,10 @@ impl Checker {
                 ),
             ),
             Ok(url) if url.host_str().is_none_or(str::is_empty) => {
-                self.fail(key, format!("must be an http(s) URL with a host, got {value:?}"));
+                self.fail(
+                    key,
+                    format!("must be an http(s) URL with a host, got {value:?}"),
+                );
             }
             Ok(_) => {}
         }
@@ -145,9 +155,9 @@ mod tests {
             found,
             [
                 "below: must be between 1024 and 2048, got 5",
-                "nan: must be between 0 and 2, got NaN",
+                "nan: must be between 0.0 and 2.0, got NaN",
                 "zero: must be at least 1, got 0",
-                "nan_min: must be at least 0, got NaN",
+                "nan_min: must be at least 0.0, got NaN",
             ]
         );
     }
