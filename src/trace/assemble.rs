@@ -217,7 +217,14 @@ pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
     };
     let first_llm = steps.iter().find_map(|s| s.llm.as_ref());
     let prompt = PromptRef {
-        name: find_attr("whetstone.prompt.name").or_else(|| find_attr("gen_ai.agent.name")),
+        name: [
+            "whetstone.prompt.name",
+            "gen_ai.agent.name",
+            "agent.name",
+            "traceloop.workflow.name",
+        ]
+        .iter()
+        .find_map(|key| find_attr(key)),
         version: find_attr("whetstone.prompt.version")
             .or_else(|| find_attr("llm.prompt_template.version")),
         text: first_llm
