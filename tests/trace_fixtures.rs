@@ -167,6 +167,11 @@ fn check(name: &str, format: TraceFormat) -> Vec<Episode> {
 #[test]
 fn openllmetry_legacy_flat_attributes() {
     let episodes = check("otlp_openllmetry_spec.jsonl", TraceFormat::OtlpJson);
+    assert_eq!(
+        episodes[0].prompt.name.as_deref(),
+        Some("Controller"),
+        "traceloop.workflow.name"
+    );
     let tool = episodes[0]
         .steps
         .iter()
