@@ -11,9 +11,11 @@ use crate::config;
 /// Configuration commands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a configuration file and print the effective configuration
-    /// (defaults filled in, paths made absolute) as TOML. On problems, list
-    /// every one as `file:line:col: key: message` and exit with status 78.
+    /// Check a configuration file and print the effective configuration.
+    ///
+    /// The effective configuration is printed as TOML, with defaults filled
+    /// in and paths made absolute. On problems, every one is listed on stderr
+    /// as `file:line:col: key: message` and the exit status is 78.
     Check {
         /// File to check; overrides --config. Without either, the built-in
         /// defaults are checked.

@@ -7,7 +7,7 @@
 
 mod config_cmd;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -30,12 +30,10 @@ pub struct Cli {
 /// Flags accepted before or after any subcommand.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Configuration file; without it, the built-in defaults (documented in
-    /// the repository's config.toml) are used.
+    /// Configuration file [default: built-in defaults, as in config.toml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// More log output on stderr: -v debug, -vv trace. Without it, RUST_LOG
-    /// applies, else whetstone's info messages and others' warnings.
+    /// More log output on stderr: -v debug, -vv trace [default: RUST_LOG, else info]
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -78,6 +76,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -96,6 +96,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let absolute = std::path::absolute(path)
         .map_err(|err| whole_file(format!("cannot resolve its directory: {err}")))?;
     config.resolve_paths(absolute.parent().unwrap_or(Path::new("/")));
+    tracing::debug!(file = %path.display(), "configuration loaded");
     Ok(config)
 }
 
