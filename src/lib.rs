@@ -1,6 +1,7 @@
 //! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
 
 pub mod cli;
+pub mod config;
 pub mod ingest;
 pub mod store;
 pub mod trace;

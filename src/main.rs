@@ -1,61 +1,47 @@
-//! The `whetstone` binary: parses the command line, runs the command, maps
-//! the result to an exit code.
+//! The `whetstone` binary: parses flags, runs the library, and turns the
+//! outcome into an exit status. Exit codes: 0 success (including a closed
+//! stdout pipe), 1 failure, 2 usage error, 78 configuration error (EX_CONFIG).
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use whetstone::cli::traces::TracesCommand;
-use whetstone::ingest::IngestOptions;
+use clap::Parser;
+use whetstone::cli::{self, Cli};
+use whetstone::config::ConfigError;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "whetstone",
-    version,
-    about = "Learns better prompts and tool policies from an agent's traces"
-)]
-struct Cli {
-    /// Directory holding Whetstone's state (the SQLite database).
-    #[arg(long, global = true, default_value = ".whetstone")]
-    data_dir: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Import and inspect traces.
-    #[command(subcommand)]
-    Traces(TracesCommand),
-}
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHETSTONE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let cli = Cli::parse();
-    let res = match cli.command {
-        Command::Traces(command) => {
-            whetstone::cli::traces::run(command, &cli.data_dir, IngestOptions::default())
-        }
+    // Prints help/version (exit 0) or the usage error (exit 2) itself.
+    let cli = Cli::try_parse().unwrap_or_else(|err| err.exit());
+    let Err(err) = cli::run(cli) else {
+        return ExitCode::SUCCESS;
     };
-    match res {
-        Ok(code) => code,
-        // Output piped into `head` and closed early is not a failure.
-        Err(err)
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("whetstone: {err:#}");
-            ExitCode::FAILURE
-        }
+    // Like ripgrep: `whetstone ... | head` closing the pipe is not a failure.
+    let broken_pipe = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
     }
+    let mut stderr = std::io::stderr().lock();
+    if let Some(config_err) = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ConfigError>())
+    {
+        // One problem per line, compiler style, so editors can jump to each.
+        let _ = writeln!(stderr, "{config_err}");
+        let n_problems = config_err.problems().len();
+        let plural = if n_problems == 1 { "" } else { "s" };
+        let _ = writeln!(
+            stderr,
+            "whetstone: invalid configuration ({n_problems} problem{plural})"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let _ = writeln!(stderr, "whetstone: {err:#}");
+    ExitCode::from(EXIT_FAILURE)
 }

@@ -589,9 +589,13 @@ fn broken_first_line_does_not_turn_json_lines_into_a_document() {
 
 // --- The binary --------------------------------------------------------------
 
+/// The binary, configured to keep its store in `data_dir`.
 fn whetstone(data_dir: &Path) -> Command {
+    let config = data_dir.with_extension("toml");
+    let data_dir = serde_json::to_string(&data_dir.to_str().unwrap()).unwrap();
+    fs::write(&config, format!("data_dir = {data_dir}\n")).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_whetstone"));
-    command.arg("--data-dir").arg(data_dir);
+    command.arg("--config").arg(config);
     command
 }
 
@@ -641,7 +645,9 @@ fn cli_import_prints_a_summary_and_stats_counts_it() {
         .arg(dir.path().join("missing"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("could not be read"), "{stderr}");
 }
 
 /// A tiny deterministic generator, so a failing run can be replayed from

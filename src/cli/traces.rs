@@ -1,19 +1,16 @@
 //! `whetstone traces ...`: import trace files into the store and summarize it.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport, Progress};
 use crate::store::{Stats, Store};
-
-/// Exit code when some paths could not be read (the rest was imported).
-pub const EXIT_UNREADABLE_PATHS: u8 = 2;
 
 /// Rejects listed in full by `traces import` (the rest are counted).
 const SHOWN_REJECTS: usize = 5;
@@ -36,8 +33,8 @@ pub enum TracesCommand {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Trace files, or directories read recursively (files ending in .json,
-    /// .jsonl, .ndjson, .log or .txt; hidden files skipped).
-    #[arg(required = true)]
+    /// .jsonl, .ndjson, .log or .txt; hidden files skipped)
+    /// [default: `traces.dir`]
     pub paths: Vec<PathBuf>,
     /// Assemble every pending trace now instead of waiting for its root span
     /// or the quiet period.
@@ -51,39 +48,29 @@ pub struct ImportArgs {
     pub max_line_bytes: Option<u64>,
 }
 
-/// Runs a trace command against the store in `data_dir`; `options` are the
-/// configured ingestion settings, which command-line flags override.
-pub fn run(
-    command: TracesCommand,
-    data_dir: &Path,
-    options: IngestOptions,
-) -> anyhow::Result<ExitCode> {
-    let mut store = Store::open(data_dir)?;
+/// Runs a trace command against the store in the configured `data_dir`.
+pub fn run(command: &TracesCommand, config: &Config) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.data_dir)?;
     match command {
-        TracesCommand::Import(args) => import(&mut store, args, options),
+        TracesCommand::Import(args) => import(&mut store, args, config),
         TracesCommand::Stats { json } => {
             let stats = store.stats()?;
             let mut out = io::stdout().lock();
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&stats_json(&stats))?
-                )?;
+            if *json {
+                let text = serde_json::to_string_pretty(&stats_json(&stats))?;
+                writeln!(out, "{text}")?;
             } else {
                 write_stats(&mut out, &stats)?;
             }
-            Ok(ExitCode::SUCCESS)
+            out.flush()?;
+            Ok(())
         }
     }
 }
 
-fn import(
-    store: &mut Store,
-    args: ImportArgs,
-    mut options: IngestOptions,
-) -> anyhow::Result<ExitCode> {
-    options.finalize |= args.finalize;
+fn import(store: &mut Store, args: &ImportArgs, config: &Config) -> anyhow::Result<()> {
+    let mut options = IngestOptions::from(&config.traces);
+    options.finalize = args.finalize;
     if let Some(batch_lines) = args.batch_lines {
         options.batch_lines = usize::try_from(batch_lines).unwrap_or(usize::MAX);
     }
@@ -101,18 +88,27 @@ fn import(
     } else {
         ProgressBar::hidden()
     };
-    let report = ingest::ingest_paths(store, &args.paths, &options, &mut |event| match event {
+    let paths = if args.paths.is_empty() {
+        vec![config.traces.dir.clone()]
+    } else {
+        args.paths.clone()
+    };
+    let report = ingest::ingest_paths(store, &paths, &options, &mut |event| match event {
         Progress::Total(total) => bar.set_length(total),
         Progress::Advanced(bytes) => bar.inc(bytes),
     })
     .context("importing traces")?;
     bar.finish_and_clear();
-    write_report(&mut io::stdout().lock(), &report, &options)?;
-    if report.file_errors.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::from(EXIT_UNREADABLE_PATHS))
+    let mut out = io::stdout().lock();
+    write_report(&mut out, &report, &options)?;
+    out.flush()?;
+    if !report.file_errors.is_empty() {
+        bail!(
+            "{} of the given paths could not be read (listed above); everything else was imported",
+            report.file_errors.len()
+        );
     }
+    Ok(())
 }
 
 fn write_report(

@@ -70,12 +70,15 @@ impl<R: BufRead> LineReader<R> {
             let newline = memchr::memchr(b'\n', available);
             let chunk = &available[..newline.unwrap_or(available.len())];
             len += chunk.len() as u64;
-            if !too_long && len > self.max_line_bytes as u64 {
-                too_long = true;
+            if too_long || len > self.max_line_bytes as u64 {
+                // Keep only the start of the line, to recognize it later.
+                if !too_long {
+                    too_long = true;
+                    line.truncate(TOO_LONG_PREFIX_BYTES);
+                }
                 let room = TOO_LONG_PREFIX_BYTES.saturating_sub(line.len());
-                line.truncate(TOO_LONG_PREFIX_BYTES);
                 line.extend_from_slice(&chunk[..room.min(chunk.len())]);
-            } else if !too_long {
+            } else {
                 line.extend_from_slice(chunk);
             }
             let consumed = chunk.len() + usize::from(newline.is_some());

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use crate::config::TracesConfig;
 use crate::store::{FileIdentity, Store, StoreError, now_unix_ms};
 use crate::trace::{Diagnostic, Reason};
 
@@ -40,8 +41,8 @@ pub const REPORT_FIRST_REJECTS: usize = 10;
 /// Pending traces finalized per transaction.
 const FINALIZE_BATCH_TRACES: usize = 500;
 
-/// Bounds and batching of ingestion. Defaults match the `[traces]` section
-/// of the configuration.
+/// Bounds and batching of ingestion, from the `[traces]` section of the
+/// configuration (its defaults are the defaults here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestOptions {
     /// Lines committed per store transaction.
@@ -61,16 +62,22 @@ pub struct IngestOptions {
     pub finalize: bool,
 }
 
-impl Default for IngestOptions {
-    fn default() -> Self {
+impl From<&TracesConfig> for IngestOptions {
+    fn from(config: &TracesConfig) -> Self {
         IngestOptions {
-            batch_lines: 5_000,
-            max_line_bytes: 16 * 1024 * 1024,
-            max_document_bytes: 64 * 1024 * 1024,
-            max_spans_per_trace: 10_000,
-            quiet_period_secs: 30,
+            batch_lines: config.batch_lines,
+            max_line_bytes: config.max_line_bytes,
+            max_document_bytes: config.max_document_bytes,
+            max_spans_per_trace: config.max_spans_per_trace,
+            quiet_period_secs: config.quiet_period_secs,
             finalize: false,
         }
+    }
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions::from(&TracesConfig::default())
     }
 }
 

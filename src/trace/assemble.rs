@@ -21,6 +21,9 @@ use super::span::Span;
 enum Role {
     Llm,
     Tool,
+    /// A tool call the model asked for, as its own span (agent-lightning's
+    /// AgentOps tracer writes `tool_call.<name>` children of the LLM span).
+    ToolRequest,
     Agent,
     Reward,
     Other,
@@ -32,10 +35,13 @@ fn classify(span: &Span) -> Role {
         .str_attr("openinference.span.kind")
         .map(str::to_ascii_uppercase);
     let traceloop_kind = span.str_attr("traceloop.span.kind");
+    if span.name.starts_with("tool_call.") {
+        return Role::ToolRequest;
+    }
     if operation == Some("execute_tool")
         || span.name.starts_with("execute_tool ")
         || oi_kind.as_deref() == Some("TOOL")
-        || span.name.starts_with("tool_call.")
+        || span.name == "agentlightning.operation"
         || traceloop_kind == Some("tool")
     {
         return Role::Tool;
@@ -69,6 +75,10 @@ fn classify(span: &Span) -> Role {
     if matches!(operation, Some("invoke_agent" | "create_agent"))
         || matches!(oi_kind.as_deref(), Some("AGENT" | "CHAIN"))
         || matches!(traceloop_kind, Some("workflow" | "agent"))
+        || matches!(
+            span.str_attr("agentops.span.kind"),
+            Some("session" | "agent")
+        )
     {
         return Role::Agent;
     }
@@ -127,12 +137,31 @@ pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
         }
     }
 
-    let mut steps = Vec::new();
+    // Requested tool calls written as spans: attached to their LLM step, and
+    // a tool step of their own when no execution span answers them.
+    let executed_ids: HashSet<&str> = spans
+        .iter()
+        .zip(&roles)
+        .filter(|(_, role)| **role == Role::Tool)
+        .filter_map(|(span, _)| call_id(span))
+        .collect();
+    let mut steps: Vec<Step> = Vec::new();
     let mut step_of_span: HashMap<usize, usize> = HashMap::new();
     for (i, span) in spans.iter().enumerate() {
         let step = match roles[i] {
             Role::Llm if !wraps_llm[i] => llm_step(span),
             Role::Tool => tool_step(span),
+            Role::ToolRequest => {
+                let request = requested_call(span);
+                let parent_step = parent_of(i).and_then(|p| step_of_span.get(&p).copied());
+                if let Some(llm) = parent_step.and_then(|idx| steps[idx].llm.as_mut()) {
+                    llm.tool_calls.push(request);
+                }
+                if call_id(span).is_some_and(|id| executed_ids.contains(id)) {
+                    continue;
+                }
+                tool_step(span)
+            }
             _ => continue,
         };
         step_of_span.insert(i, steps.len());
@@ -188,7 +217,14 @@ pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
     };
     let first_llm = steps.iter().find_map(|s| s.llm.as_ref());
     let prompt = PromptRef {
-        name: find_attr("whetstone.prompt.name").or_else(|| find_attr("gen_ai.agent.name")),
+        name: [
+            "whetstone.prompt.name",
+            "gen_ai.agent.name",
+            "agent.name",
+            "traceloop.workflow.name",
+        ]
+        .iter()
+        .find_map(|key| find_attr(key)),
         version: find_attr("whetstone.prompt.version")
             .or_else(|| find_attr("llm.prompt_template.version")),
         text: first_llm
@@ -309,16 +345,43 @@ fn llm_step(span: &Span) -> Step {
     }
 }
 
+/// The id tying a tool execution to the model's request for it.
+fn call_id(span: &Span) -> Option<&str> {
+    [
+        "gen_ai.tool.call.id",
+        "tool.call.id",
+        "tool_call.id",
+        "tool.id",
+    ]
+    .iter()
+    .find_map(|k| span.str_attr(k))
+}
+
+fn requested_call(span: &Span) -> RequestedToolCall {
+    let tool = tool_step(span);
+    RequestedToolCall {
+        id: call_id(span).map(str::to_string),
+        name: tool.name,
+        arguments: tool.tool.map(|t| t.arguments).unwrap_or(Value::Null),
+    }
+}
+
 fn tool_step(span: &Span) -> Step {
     let a = &span.attributes;
-    let name = ["gen_ai.tool.name", "tool.name"]
-        .iter()
-        .find_map(|k| span.str_attr(k))
-        .map(str::to_string)
-        .or_else(|| span.name.strip_prefix("execute_tool ").map(str::to_string))
-        .or_else(|| span.name.strip_prefix("tool_call.").map(str::to_string))
-        .unwrap_or_else(|| span.name.clone());
+    let name = [
+        "gen_ai.tool.name",
+        "tool.name",
+        "agentlightning.operation.name",
+        "traceloop.entity.name",
+    ]
+    .iter()
+    .find_map(|k| span.str_attr(k))
+    .map(str::to_string)
+    .or_else(|| span.name.strip_prefix("execute_tool ").map(str::to_string))
+    .or_else(|| span.name.strip_prefix("tool_call.").map(str::to_string))
+    .unwrap_or_else(|| span.name.clone());
     let first = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k)).cloned();
+    let operation_input = unflatten(a, "agentlightning.operation.input.");
     let arguments = first(&[
         "gen_ai.tool.call.arguments",
         "tool.parameters",
@@ -326,13 +389,16 @@ fn tool_step(span: &Span) -> Step {
         "traceloop.entity.input",
     ])
     .map(parse_json_string)
+    .map(traceloop_kwargs)
+    .or_else(|| (!operation_input.is_empty()).then_some(Value::Object(operation_input)))
     .unwrap_or(Value::Null);
     let result = first(&[
         "gen_ai.tool.call.result",
         "output.value",
         "traceloop.entity.output",
+        "agentlightning.operation.output",
     ])
-    .map(|v| text_of(&v));
+    .map(|v| text_of(&unquote(v)));
     let policy = a
         .get("whetstone.policy.probability")
         .and_then(Value::as_f64)
@@ -354,10 +420,7 @@ fn tool_step(span: &Span) -> Step {
         rewards: BTreeMap::new(),
         llm: None,
         tool: Some(ToolCall {
-            call_id: ["gen_ai.tool.call.id", "tool_call.id"]
-                .iter()
-                .find_map(|k| span.str_attr(k))
-                .map(str::to_string),
+            call_id: call_id(span).map(str::to_string),
             arguments,
             result,
             policy,
@@ -609,7 +672,7 @@ fn parts_text(parts: &Value) -> String {
 }
 
 /// Names of tools declared to the model: `gen_ai.tool.definitions` (JSON),
-/// legacy `llm.request.functions.N.name`, OpenInference `llm.tools.N.tool.json_schema`.
+/// legacy `llm.request.functions.N.name` (AgentOps: `gen_ai.request.functions`), OpenInference `llm.tools.N.tool.json_schema`.
 fn declared_tools(a: &Map<String, Value>) -> Vec<String> {
     let mut names = Vec::new();
     let definition_name = |d: &Value| -> Option<String> {
@@ -628,12 +691,14 @@ fn declared_tools(a: &Map<String, Value>) -> Vec<String> {
                 .filter_map(definition_name),
         );
     }
-    let functions = unflatten(a, "llm.request.functions.");
-    names.extend(
-        indexed(&functions)
-            .into_iter()
-            .filter_map(|f| f.get("name").map(text_of)),
-    );
+    for prefix in ["llm.request.functions.", "gen_ai.request.functions."] {
+        let functions = unflatten(a, prefix);
+        names.extend(
+            indexed(&functions)
+                .into_iter()
+                .filter_map(|f| f.get("name").map(text_of)),
+        );
+    }
     let tools = unflatten(a, "llm.tools.");
     for tool in indexed(&tools) {
         let schema = tool
@@ -681,6 +746,34 @@ fn indexed(tree: &Map<String, Value>) -> Vec<&Map<String, Value>> {
         .collect();
     entries.sort_by_key(|(i, _)| *i);
     entries.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Traceloop records a tool's input as `{"args": [...], "kwargs": {...}}`:
+/// the keyword arguments are the tool's arguments.
+fn traceloop_kwargs(value: Value) -> Value {
+    match value {
+        Value::Object(mut map)
+            if map.len() == 2
+                && map
+                    .get("args")
+                    .is_some_and(|a| a.as_array().is_some_and(Vec::is_empty))
+                && map.contains_key("kwargs") =>
+        {
+            map.remove("kwargs").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+/// A string that is itself a JSON-encoded string (Traceloop's outputs) is
+/// decoded once.
+fn unquote(value: Value) -> Value {
+    match &value {
+        Value::String(s) if s.starts_with('"') => {
+            serde_json::from_str::<String>(s).map_or(value, Value::String)
+        }
+        _ => value,
+    }
 }
 
 /// A JSON string holding JSON becomes that JSON; anything else is kept.
