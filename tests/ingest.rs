@@ -635,10 +635,12 @@ fn cli_import_prints_a_summary_and_stats_counts_it() {
     assert_eq!(stats["tools"][0]["calls"], 3);
     assert_eq!(stats["rewards"][0]["mean"], 1.0);
     assert_eq!(stats["rejects_by_reason"]["invalid_json"], 1);
+    assert_eq!(stats["first_rejects"][0]["line"], 4);
 
     let out = whetstone(&data).args(["traces", "stats"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("episodes: 3"), "{text}");
+    assert!(text.contains("a.jsonl:4: invalid_json"), "{text}");
 
     let out = whetstone(&data)
         .args(["traces", "import"])

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport, Progress};
-use crate::store::{Stats, Store};
+use crate::store::{Stats, Store, StoredReject};
 
 /// Rejects listed in full by `traces import` (the rest are counted).
 const SHOWN_REJECTS: usize = 5;
@@ -55,12 +55,13 @@ pub fn run(command: &TracesCommand, config: &Config) -> anyhow::Result<()> {
         TracesCommand::Import(args) => import(&mut store, args, config),
         TracesCommand::Stats { json } => {
             let stats = store.stats()?;
+            let first_rejects = store.rejects(SHOWN_REJECTS as u64)?;
             let mut out = io::stdout().lock();
             if *json {
-                let text = serde_json::to_string_pretty(&stats_json(&stats))?;
+                let text = serde_json::to_string_pretty(&stats_json(&stats, &first_rejects))?;
                 writeln!(out, "{text}")?;
             } else {
-                write_stats(&mut out, &stats)?;
+                write_stats(&mut out, &stats, &first_rejects)?;
             }
             out.flush()?;
             Ok(())
@@ -161,7 +162,11 @@ fn write_report(
     Ok(())
 }
 
-fn write_stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+fn write_stats(
+    out: &mut impl Write,
+    stats: &Stats,
+    first_rejects: &[StoredReject],
+) -> io::Result<()> {
     let pairs = |pairs: &[(String, u64)]| {
         if pairs.is_empty() {
             return "none".to_string();
@@ -213,11 +218,18 @@ fn write_stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         stats.pending_spans, stats.pending_traces
     )?;
     writeln!(out, "rejects: {}", pairs(&stats.rejects_by_reason))?;
+    for reject in first_rejects {
+        writeln!(
+            out,
+            "  {}:{}: {}: {}",
+            reject.file, reject.line, reject.reason, reject.detail
+        )?;
+    }
     writeln!(out, "files tracked: {}", stats.files)?;
     Ok(())
 }
 
-fn stats_json(stats: &Stats) -> serde_json::Value {
+fn stats_json(stats: &Stats, first_rejects: &[StoredReject]) -> serde_json::Value {
     let counts = |pairs: &[(String, u64)]| -> serde_json::Map<String, serde_json::Value> {
         pairs
             .iter()
@@ -240,6 +252,9 @@ fn stats_json(stats: &Stats) -> serde_json::Value {
         "pending_spans": stats.pending_spans,
         "pending_traces": stats.pending_traces,
         "rejects_by_reason": counts(&stats.rejects_by_reason),
+        "first_rejects": first_rejects.iter().map(|r| json!({
+            "file": r.file, "line": r.line, "reason": r.reason, "detail": r.detail,
+        })).collect::<Vec<_>>(),
         "files": stats.files,
     })
 }

@@ -195,9 +195,7 @@ pub fn ingest_paths(
     }
 
     finalize_quiet_traces(store, options, &mut report)?;
-    let stats = store.stats()?;
-    report.pending_spans = stats.pending_spans;
-    report.pending_traces = stats.pending_traces;
+    (report.pending_spans, report.pending_traces) = store.pending_counts()?;
     Ok(report)
 }
 

@@ -475,6 +475,6 @@ mod tests {
             store.stats().unwrap().rejects_by_reason,
             vec![("invalid_json".to_string(), 2)]
         );
-        assert_eq!(store.rejects(1).unwrap()[0].1, 3);
+        assert_eq!(store.rejects(1).unwrap()[0].line, 3);
     }
 }

@@ -23,7 +23,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use cursor::{FileCursor, FileIdentity, Layout};
 pub use episodes::{EpisodeFilter, StoredEpisode};
 pub use ingest_tx::{IngestTx, RejectRow, SpanAdmission};
-pub use stats::{PromptCount, RewardSummary, Stats, ToolUsage};
+pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE_NAME: &str = "whetstone.db";

@@ -44,6 +44,16 @@ pub struct ToolUsage {
     pub episodes: u64,
 }
 
+/// A recorded reject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReject {
+    pub file: String,
+    pub line: u64,
+    /// Stable reason code, e.g. `invalid_json`.
+    pub reason: String,
+    pub detail: String,
+}
+
 /// Summary of one final reward over all episodes that have it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardSummary {
@@ -113,6 +123,7 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        let (pending_spans, pending_traces) = self.pending_counts()?;
         Ok(Stats {
             episodes: count("SELECT COUNT(*) FROM episodes")?,
             episodes_by_format: pairs(
@@ -124,8 +135,8 @@ impl Store {
             episodes_by_prompt,
             tools,
             rewards,
-            pending_spans: count("SELECT COUNT(*) FROM pending_spans")?,
-            pending_traces: count("SELECT COUNT(DISTINCT trace_id) FROM pending_spans")?,
+            pending_spans,
+            pending_traces,
             rejects_by_reason: pairs(
                 "SELECT reason, COUNT(*) FROM rejects GROUP BY reason ORDER BY reason",
             )?,
@@ -133,20 +144,29 @@ impl Store {
         })
     }
 
-    /// The first `limit` rejects recorded, oldest first, as
-    /// `(file, line, reason, detail)`.
-    pub fn rejects(&self, limit: u64) -> Result<Vec<(String, u64, String, String)>, StoreError> {
+    /// Spans waiting for the rest of their trace, and how many traces.
+    pub fn pending_counts(&self) -> Result<(u64, u64), StoreError> {
+        let (spans, traces): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT trace_id) FROM pending_spans",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((spans as u64, traces as u64))
+    }
+
+    /// The first `limit` rejects recorded, oldest first.
+    pub fn rejects(&self, limit: u64) -> Result<Vec<StoredReject>, StoreError> {
         let mut select = self.conn.prepare_cached(
             "SELECT file, line, reason, detail FROM rejects ORDER BY id LIMIT ?1",
         )?;
         let rows = select
             .query_map([limit.min(i64::MAX as u64) as i64], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get::<_, i64>(1)? as u64,
-                    row.get(2)?,
-                    row.get(3)?,
-                ))
+                Ok(StoredReject {
+                    file: row.get(0)?,
+                    line: row.get::<_, i64>(1)? as u64,
+                    reason: row.get(2)?,
+                    detail: row.get(3)?,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
