@@ -752,3 +752,44 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
         "each garbage line rejected exactly once"
     );
 }
+
+#[test]
+fn real_fixtures_import_once_even_when_two_files_hold_the_same_run() {
+    // `otlp_openllmetry_protojson.json` (one pretty-printed document) holds
+    // the same spans as `otlp_openllmetry_spec.jsonl`: its 4 traces are known.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let files: Vec<PathBuf> = [
+        "otlp_openllmetry_protojson.json",
+        "agentlightning_spans.jsonl",
+        "otlp_genai_current.jsonl",
+        "otlp_openinference.jsonl",
+        "otlp_openllmetry_latest_spec.jsonl",
+        "otlp_openllmetry_spec.jsonl",
+    ]
+    .iter()
+    .map(|name| fixtures.join(name))
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let report = import(&mut store, &paths, &IngestOptions::default());
+    assert_eq!(report.file_errors, vec![]);
+    assert_eq!(report.rejects_total(), 0, "{:?}", report.first_rejects);
+    assert_eq!((report.episodes_new, report.pending_spans), (20, 0));
+    assert_eq!(report.spans_duplicate, 17);
+
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        stats.episodes_by_format,
+        vec![
+            ("agent_lightning".to_string(), 4),
+            ("otlp_json".to_string(), 12),
+            ("otlp_proto_json".to_string(), 4),
+        ]
+    );
+    let again = import(&mut store, &paths, &IngestOptions::default());
+    assert_eq!(
+        (again.bytes, again.episodes_new, again.rejects_total()),
+        (0, 0, 0)
+    );
+}
