@@ -671,9 +671,24 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let traces = dir.path().join("traces");
     fs::create_dir_all(&traces).unwrap();
-    // 50k distinct episodes over 5 files; 1k of them repeated in a sixth file,
-    // and a garbage line every 5k lines.
+    // 50k distinct JSONL episodes over 5 files; 1k of them repeated in a
+    // sixth file, and a garbage line every 5k lines. Plus 1k OTLP traces (read first), each
+    // a line of child spans then a line with the root span.
     const N: u32 = 50_000;
+    const N_OTLP: u32 = 1_000;
+    let mut otlp = String::new();
+    for i in 0..N_OTLP {
+        let trace = format!("{:032x}", 0xabc0_0000_u64 + u64::from(i));
+        let root = format!("{:016x}", 1 + 4 * u64::from(i));
+        let llm = format!("{:016x}", 2 + 4 * u64::from(i));
+        let tool = format!("{:016x}", 3 + 4 * u64::from(i));
+        otlp += &otlp_line(vec![
+            span(&trace, &llm, Some(&root), "llm"),
+            span(&trace, &tool, Some(&root), "tool"),
+        ]);
+        otlp += &otlp_line(vec![span(&trace, &root, None, "root")]);
+    }
+    fs::write(traces.join("otel.jsonl"), otlp).unwrap();
     let mut n_garbage = 0;
     for file_idx in 0..5u32 {
         let mut text = String::new();
@@ -706,9 +721,9 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
     };
     let mut n_killed = 0;
     let mut counts = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         let mut child = import(&data).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(100 + rng.next(700)));
+        std::thread::sleep(Duration::from_millis(100 + rng.next(1400)));
         // `Child::kill` sends SIGKILL on Unix.
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -734,23 +749,25 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
     let ids = trace_ids(&store);
     assert_eq!(
         ids.len(),
-        N as usize,
+        (N + N_OTLP) as usize,
         "counts after each killed run: {counts:?}"
     );
     let mut distinct = ids.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len(), "duplicated trace ids");
-    let rejects: u64 = store
-        .stats()
-        .unwrap()
-        .rejects_by_reason
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
+    let stats = store.stats().unwrap();
     assert_eq!(
-        rejects, n_garbage,
-        "each garbage line rejected exactly once"
+        stats.rejects_by_reason,
+        vec![("invalid_json".to_string(), n_garbage)],
+        "each garbage line rejected exactly once, no span reported late"
     );
+    assert_eq!((stats.pending_spans, stats.pending_traces), (0, 0));
+    let otlp_episodes = stats
+        .episodes_by_format
+        .iter()
+        .find(|(format, _)| format == "otlp_json")
+        .map(|(_, n)| *n);
+    assert_eq!(otlp_episodes, Some(u64::from(N_OTLP)));
 }
 
 #[test]
