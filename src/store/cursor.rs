@@ -64,7 +64,7 @@ pub struct FileCursor {
     pub offset: u64,
     /// Number of lines before `offset`, so line numbers stay right on resume.
     pub line: u64,
-    /// SHA-256 (hex) of the first `fingerprint_len` bytes of the file.
+    /// Hash (128 bits of SHA-256, hex) of the first `fingerprint_len` bytes.
     pub fingerprint: String,
     pub fingerprint_len: u64,
     pub layout: Layout,

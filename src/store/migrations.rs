@@ -50,9 +50,9 @@ pub const MIGRATIONS: &[&str] = &[
 
     -- How far each trace file has been read. `offset` is the end of the last
     -- fully processed line (or the size of a processed document), `line` the
-    -- number of lines before it; `fingerprint` is the SHA-256 (hex) of the
-    -- first `fingerprint_len` bytes, used to notice truncated or replaced
-    -- files. `layout` is `lines` or `document`.
+    -- number of lines before it; `fingerprint` is a hash (128 bits of
+    -- SHA-256, hex) of the first `fingerprint_len` bytes, used to notice
+    -- truncated or replaced files. `layout` is `lines` or `document`.
     CREATE TABLE file_cursors (
         path                TEXT    PRIMARY KEY,
         device              INTEGER NOT NULL,
