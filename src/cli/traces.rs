@@ -18,6 +18,9 @@ const SHOWN_REJECTS: usize = 5;
 /// Trace commands.
 #[derive(Debug, Subcommand)]
 pub enum TracesCommand {
+    /// Print the episodes in trace files, one JSON object per line, without
+    /// storing anything. Rejected input is reported on stderr.
+    Parse(ParseArgs),
     /// Read trace files or directories into the store: only what is new since
     /// the last import, each episode exactly once.
     Import(ImportArgs),
@@ -27,6 +30,14 @@ pub enum TracesCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Arguments of `traces parse`.
+#[derive(Debug, Args)]
+pub struct ParseArgs {
+    /// Trace files, or directories read recursively as `import` reads them.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 /// Arguments of `traces import`.
@@ -50,8 +61,12 @@ pub struct ImportArgs {
 
 /// Runs a trace command against the store in the configured `data_dir`.
 pub fn run(command: &TracesCommand, config: &Config) -> anyhow::Result<()> {
+    if let TracesCommand::Parse(args) = command {
+        return parse(args, config);
+    }
     let mut store = Store::open(&config.data_dir)?;
     match command {
+        TracesCommand::Parse(_) => unreachable!("handled above: needs no store"),
         TracesCommand::Import(args) => import(&mut store, args, config),
         TracesCommand::Stats { json } => {
             let stats = store.stats()?;
@@ -67,6 +82,36 @@ pub fn run(command: &TracesCommand, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse(args: &ParseArgs, config: &Config) -> anyhow::Result<()> {
+    let options = IngestOptions::from(&config.traces);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let report = ingest::scan_paths(&args.paths, &options, &mut |episode| {
+        serde_json::to_writer(&mut out, &episode)?;
+        out.write_all(b"\n")
+    })?;
+    out.flush()?;
+    let mut err = io::stderr().lock();
+    for diagnostic in &report.rejects {
+        writeln!(err, "{diagnostic}")?;
+    }
+    for (path, error) in &report.unreadable {
+        writeln!(err, "cannot read {}: {error}", path.display())?;
+    }
+    if !report.unreadable.is_empty() {
+        bail!(
+            "{} of the given paths could not be read",
+            report.unreadable.len()
+        );
+    }
+    if report.episodes == 0 && !report.rejects.is_empty() {
+        bail!(
+            "no episode could be read ({} rejected, listed above)",
+            report.rejects.len()
+        );
+    }
+    Ok(())
 }
 
 fn import(store: &mut Store, args: &ImportArgs, config: &Config) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@
 mod batch;
 mod file;
 mod lines;
+mod scan;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -27,6 +28,8 @@ use std::path::{Path, PathBuf};
 use crate::config::TracesConfig;
 use crate::store::{FileIdentity, Store, StoreError, now_unix_ms};
 use crate::trace::{Diagnostic, Reason};
+
+pub use scan::{ScanReport, scan_paths};
 
 use batch::Batch;
 use file::{FileError, OpenFile};
