@@ -1,17 +1,19 @@
-//! One ingestion batch: records go straight into an open store transaction,
-//! and the batch commits together with the cursor that says it was read.
+//! One ingestion batch: records go into an open store transaction, and the
+//! batch commits together with the cursor that says it was read.
 //!
-//! Writing records as they are parsed (instead of collecting them first)
-//! keeps memory at one line, whatever the batch size.
+//! Episodes and rejects are written as they are parsed. Spans are staged in
+//! memory by trace until the batch commits: a trace whose root arrived is
+//! then assembled directly, and only the spans of unfinished traces are
+//! written to `pending_spans`. Exporters write a trace's spans close
+//! together, so most traces never touch that table. A batch is bounded in
+//! lines and bytes, so staged spans are bounded too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
 use super::IngestReport;
-use crate::store::{
-    FileCursor, IngestTx, RejectRow, SpanAdmission, Store, StoreError, now_unix_ms,
-};
+use crate::store::{FileCursor, IngestTx, RejectRow, Store, StoreError, TraceState, now_unix_ms};
 use crate::trace::{self, Diagnostic, Reason, Record, Span};
 
 /// Where a record came from, for rejects.
@@ -27,18 +29,26 @@ pub struct Origin<'a> {
 /// An open batch.
 pub struct Batch<'s> {
     tx: IngestTx<'s>,
-    /// Traces that received a new span in this batch; assembled before commit
-    /// when their root is present.
-    touched: BTreeSet<String>,
+    /// Spans read in this batch, by trace, with what the store held of each
+    /// trace when its first span of the batch arrived.
+    staged: BTreeMap<String, StagedTrace>,
     now_unix_ms: i64,
     max_spans_per_trace: u64,
+}
+
+/// The spans of one trace read in the current batch.
+struct StagedTrace {
+    stored: TraceState,
+    spans: Vec<Span>,
+    span_ids: HashSet<String>,
+    has_root: bool,
 }
 
 impl<'s> Batch<'s> {
     pub fn begin(store: &'s mut Store, max_spans_per_trace: u64) -> Result<Batch<'s>, StoreError> {
         Ok(Batch {
             tx: store.begin_ingest()?,
-            touched: BTreeSet::new(),
+            staged: BTreeMap::new(),
             now_unix_ms: now_unix_ms(),
             max_spans_per_trace,
         })
@@ -52,7 +62,7 @@ impl<'s> Batch<'s> {
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
         match parsed {
-            Ok(Record::Episode(episode)) => self.insert_episode(&episode, report),
+            Ok(Record::Episode(episode)) => self.insert_episode(&episode, &[], report),
             Ok(Record::Spans(spans)) => {
                 for span in spans {
                     self.admit_span(span, origin, report)?;
@@ -97,9 +107,13 @@ impl<'s> Batch<'s> {
     fn insert_episode(
         &mut self,
         episode: &trace::Episode,
+        span_ids: &[String],
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        if self.tx.insert_episode(episode, self.now_unix_ms)? {
+        if self
+            .tx
+            .insert_episode(episode, span_ids, self.now_unix_ms)?
+        {
             report.episodes_new += 1;
         } else {
             report.episodes_duplicate += 1;
@@ -107,39 +121,55 @@ impl<'s> Batch<'s> {
         Ok(())
     }
 
+    /// Stages a span, unless it is known already, late, or over its trace's
+    /// span limit (the last two are rejects).
     fn admit_span(
         &mut self,
         span: Span,
         origin: &Origin<'_>,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        let admission = self
-            .tx
-            .admit_span(&span, self.max_spans_per_trace, self.now_unix_ms)?;
-        let (reason, detail) = match admission {
-            SpanAdmission::Pending => {
-                report.spans_new += 1;
-                self.touched.insert(span.trace_id);
-                return Ok(());
-            }
-            SpanAdmission::AlreadyPending | SpanAdmission::AlreadyConsumed => {
+        if !self.staged.contains_key(&span.trace_id) {
+            let stored = self.tx.trace_state(&span.trace_id)?;
+            let staged = StagedTrace {
+                stored,
+                spans: Vec::new(),
+                span_ids: HashSet::new(),
+                has_root: false,
+            };
+            self.staged.insert(span.trace_id.clone(), staged);
+        }
+        let staged = self.staged.get_mut(&span.trace_id).expect("inserted above");
+        let (reason, detail) = if staged.stored.finalized {
+            if self.tx.span_consumed(&span.trace_id, &span.span_id)? {
                 report.spans_duplicate += 1;
                 return Ok(());
             }
-            SpanAdmission::Late => (
-                Reason::LateSpan,
-                format!(
-                    "span {} of trace {} arrived after the trace was finalized",
-                    span.span_id, span.trace_id
-                ),
-            ),
-            SpanAdmission::TraceFull => (
-                Reason::TooLarge,
-                format!(
-                    "trace {} already holds traces.max_spans_per_trace = {} spans; span {} dropped",
-                    span.trace_id, self.max_spans_per_trace, span.span_id
-                ),
-            ),
+            let detail = format!(
+                "span {} of trace {} arrived after the trace was finalized",
+                span.span_id, span.trace_id
+            );
+            (Reason::LateSpan, detail)
+        } else if staged.span_ids.contains(&span.span_id)
+            || (staged.stored.pending_spans > 0
+                && self.tx.span_pending(&span.trace_id, &span.span_id)?)
+        {
+            report.spans_duplicate += 1;
+            return Ok(());
+        } else if staged.stored.pending_spans + staged.spans.len() as u64
+            >= self.max_spans_per_trace
+        {
+            let detail = format!(
+                "trace {} already holds traces.max_spans_per_trace = {} spans; span {} dropped",
+                span.trace_id, self.max_spans_per_trace, span.span_id
+            );
+            (Reason::TooLarge, detail)
+        } else {
+            report.spans_new += 1;
+            staged.has_root |= span.is_root();
+            staged.span_ids.insert(span.span_id.clone());
+            staged.spans.push(span);
+            return Ok(());
         };
         let diagnostic = Diagnostic::new(origin.file, span.source.line, reason, detail);
         let row = RejectRow {
@@ -178,12 +208,25 @@ impl<'s> Batch<'s> {
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
         let spans = self.tx.take_pending(trace_id)?;
+        self.finish_trace(trace_id, spans, report)
+    }
+
+    /// Stores the episode the spans of a complete trace make, or rejects the
+    /// trace; either way the trace is finalized.
+    fn finish_trace(
+        &mut self,
+        trace_id: &str,
+        spans: Vec<Span>,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
         if spans.is_empty() {
             return Ok(());
         }
+        let span_ids: Vec<String> = spans.iter().map(|s| s.span_id.clone()).collect();
         match trace::assemble(spans) {
-            Ok(episode) => self.insert_episode(&episode, report),
+            Ok(episode) => self.insert_episode(&episode, &span_ids, report),
             Err(diagnostic) => {
+                self.tx.mark_consumed(trace_id, &span_ids)?;
                 let row = RejectRow {
                     file: diagnostic.file.clone(),
                     line: diagnostic.line,
@@ -207,16 +250,29 @@ impl<'s> Batch<'s> {
         self.tx.quiet_traces(arrived_before_unix_ms, limit)
     }
 
-    /// Assembles every touched trace whose root arrived, writes the cursor
-    /// (if any) and commits.
+    /// Assembles every staged trace whose root has arrived, keeps the spans
+    /// of the others pending, writes the cursor (if any) and commits.
     pub fn commit(
         mut self,
         cursor: Option<&FileCursor>,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        for trace_id in std::mem::take(&mut self.touched) {
-            if self.tx.has_pending_root(&trace_id)? {
-                self.finalize_trace(&trace_id, report)?;
+        for (trace_id, staged) in std::mem::take(&mut self.staged) {
+            if staged.stored.finalized || staged.spans.is_empty() {
+                continue;
+            }
+            if staged.has_root || staged.stored.pending_root {
+                let mut spans = if staged.stored.pending_spans > 0 {
+                    self.tx.take_pending(&trace_id)?
+                } else {
+                    Vec::new()
+                };
+                spans.extend(staged.spans);
+                self.finish_trace(&trace_id, spans, report)?;
+            } else {
+                for span in &staged.spans {
+                    self.tx.insert_pending(span, self.now_unix_ms)?;
+                }
             }
         }
         if let Some(cursor) = cursor {

@@ -36,19 +36,15 @@ pub struct RejectRow {
     pub key: String,
 }
 
-/// What happened to a span offered to [`IngestTx::admit_span`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanAdmission {
-    /// Stored as pending.
-    Pending,
-    /// Already pending (the same span read again).
-    AlreadyPending,
-    /// Already part of a finalized trace (the same span read again).
-    AlreadyConsumed,
-    /// New span of a trace that was already finalized: not stored.
-    Late,
-    /// The trace already holds the maximum number of spans: not stored.
-    TraceFull,
+/// What the store already holds of a trace, looked up once per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TraceState {
+    /// The trace is an episode already, or was rejected as a whole.
+    pub finalized: bool,
+    /// Spans of it waiting in `pending_spans`.
+    pub pending_spans: u64,
+    /// Whether its root span is among them.
+    pub pending_root: bool,
 }
 
 impl<'c> IngestTx<'c> {
@@ -56,9 +52,14 @@ impl<'c> IngestTx<'c> {
         IngestTx { tx }
     }
 
-    /// Inserts an episode unless one with the same trace id exists. Returns
-    /// whether it was new.
-    pub fn insert_episode(&self, episode: &Episode, now_unix_ms: i64) -> Result<bool, StoreError> {
+    /// Inserts an episode unless one with the same trace id exists, with the
+    /// ids of the spans it was assembled from. Returns whether it was new.
+    pub fn insert_episode(
+        &self,
+        episode: &Episode,
+        span_ids: &[String],
+        now_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
         let body = serde_json::to_string(episode).map_err(|source| StoreError::CorruptBody {
             what: format!("episode {}", episode.trace_id),
             source,
@@ -73,8 +74,8 @@ impl<'c> IngestTx<'c> {
                 "INSERT INTO episodes
                      (trace_id, format, prompt_name, prompt_version, status,
                       start_time_unix_nano, n_steps, source_file, source_line,
-                      ingested_at_unix_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                      ingested_at_unix_ms, body, span_ids)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (trace_id) DO NOTHING",
             )?
             .execute(params![
@@ -89,6 +90,7 @@ impl<'c> IngestTx<'c> {
                 episode.source.line as i64,
                 now_unix_ms,
                 body,
+                span_ids.join(" "),
             ])?;
         if inserted == 0 {
             return Ok(false);
@@ -138,52 +140,52 @@ impl<'c> IngestTx<'c> {
         Ok(inserted > 0)
     }
 
-    /// Offers a span of a not-yet-finalized trace: stores it as pending unless
-    /// it is known, late, or its trace is full (see [`SpanAdmission`]).
-    pub fn admit_span(
-        &self,
-        span: &Span,
-        max_spans_per_trace: u64,
-        now_unix_ms: i64,
-    ) -> Result<SpanAdmission, StoreError> {
-        let consumed = self
-            .tx
-            .prepare_cached("SELECT 1 FROM consumed_spans WHERE trace_id = ?1 AND span_id = ?2")?
-            .exists(params![span.trace_id, span.span_id])?;
-        if consumed {
-            return Ok(SpanAdmission::AlreadyConsumed);
-        }
-        let finalized = self
-            .tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM consumed_spans WHERE trace_id = ?1)
-                     OR EXISTS (SELECT 1 FROM episodes WHERE trace_id = ?1)",
-            )?
-            .query_row([&span.trace_id], |row| row.get::<_, bool>(0))?;
-        if finalized {
-            return Ok(SpanAdmission::Late);
-        }
-        let pending = self
+    /// What the store holds of `trace_id`.
+    pub fn trace_state(&self, trace_id: &str) -> Result<TraceState, StoreError> {
+        let mut select = self.tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM episodes WHERE trace_id = ?1)
+                    OR EXISTS (SELECT 1 FROM consumed_spans WHERE trace_id = ?1),
+                    (SELECT COUNT(*) FROM pending_spans WHERE trace_id = ?1),
+                    EXISTS (SELECT 1 FROM pending_spans WHERE trace_id = ?1 AND is_root)",
+        )?;
+        Ok(select.query_row([trace_id], |row| {
+            Ok(TraceState {
+                finalized: row.get(0)?,
+                pending_spans: row.get::<_, i64>(1)? as u64,
+                pending_root: row.get(2)?,
+            })
+        })?)
+    }
+
+    /// Whether a span of a finalized trace is one it was built from (a
+    /// re-read) rather than a new one (late).
+    pub fn span_consumed(&self, trace_id: &str, span_id: &str) -> Result<bool, StoreError> {
+        let mut select = self.tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM consumed_spans WHERE trace_id = ?1 AND span_id = ?2)
+                 OR EXISTS (SELECT 1 FROM episodes WHERE trace_id = ?1
+                            AND instr(' ' || span_ids || ' ', ' ' || ?2 || ' ') > 0)",
+        )?;
+        Ok(select.query_row(params![trace_id, span_id], |row| row.get(0))?)
+    }
+
+    /// Whether a span is already pending.
+    pub fn span_pending(&self, trace_id: &str, span_id: &str) -> Result<bool, StoreError> {
+        Ok(self
             .tx
             .prepare_cached("SELECT 1 FROM pending_spans WHERE trace_id = ?1 AND span_id = ?2")?
-            .exists(params![span.trace_id, span.span_id])?;
-        if pending {
-            return Ok(SpanAdmission::AlreadyPending);
-        }
-        let n_pending: i64 = self
-            .tx
-            .prepare_cached("SELECT COUNT(*) FROM pending_spans WHERE trace_id = ?1")?
-            .query_row([&span.trace_id], |row| row.get(0))?;
-        if n_pending as u64 >= max_spans_per_trace {
-            return Ok(SpanAdmission::TraceFull);
-        }
+            .exists(params![trace_id, span_id])?)
+    }
+
+    /// Keeps a span of an unfinished trace until the trace completes.
+    pub fn insert_pending(&self, span: &Span, now_unix_ms: i64) -> Result<(), StoreError> {
         let body = serde_json::to_string(span).map_err(|source| StoreError::CorruptBody {
             what: format!("span {}/{}", span.trace_id, span.span_id),
             source,
         })?;
         self.tx
             .prepare_cached(
-                "INSERT INTO pending_spans (trace_id, span_id, is_root, arrived_at_unix_ms, body)
+                "INSERT OR IGNORE INTO pending_spans
+                     (trace_id, span_id, is_root, arrived_at_unix_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
@@ -193,19 +195,10 @@ impl<'c> IngestTx<'c> {
                 now_unix_ms,
                 body
             ])?;
-        Ok(SpanAdmission::Pending)
+        Ok(())
     }
 
-    /// Whether the root span of `trace_id` is pending.
-    pub fn has_pending_root(&self, trace_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT 1 FROM pending_spans WHERE trace_id = ?1 AND is_root")?
-            .exists([trace_id])?)
-    }
-
-    /// Removes all pending spans of `trace_id` and returns them, marking them
-    /// consumed: from now on the trace counts as finalized.
+    /// Removes all pending spans of `trace_id` and returns them.
     pub fn take_pending(&self, trace_id: &str) -> Result<Vec<Span>, StoreError> {
         let mut spans = Vec::new();
         {
@@ -224,14 +217,22 @@ impl<'c> IngestTx<'c> {
                 spans.push(span);
             }
         }
-        self.tx.execute(
-            "INSERT OR IGNORE INTO consumed_spans (trace_id, span_id)
-             SELECT trace_id, span_id FROM pending_spans WHERE trace_id = ?1",
-            [trace_id],
-        )?;
         self.tx
-            .execute("DELETE FROM pending_spans WHERE trace_id = ?1", [trace_id])?;
+            .prepare_cached("DELETE FROM pending_spans WHERE trace_id = ?1")?
+            .execute([trace_id])?;
         Ok(spans)
+    }
+
+    /// Marks the spans of a trace that was rejected as a whole as consumed,
+    /// so the trace counts as finalized (episodes record their own span ids).
+    pub fn mark_consumed(&self, trace_id: &str, span_ids: &[String]) -> Result<(), StoreError> {
+        let mut insert = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO consumed_spans (trace_id, span_id) VALUES (?1, ?2)",
+        )?;
+        for span_id in span_ids {
+            insert.execute(params![trace_id, span_id])?;
+        }
+        Ok(())
     }
 
     /// Trace ids with pending spans whose newest span arrived before
@@ -335,9 +336,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let tx = store.begin_ingest().unwrap();
-        assert!(tx.insert_episode(&episode("a", "p", 1.0), 5).unwrap());
-        assert!(!tx.insert_episode(&episode("a", "p", 0.0), 5).unwrap());
-        assert!(tx.insert_episode(&episode("b", "q", 0.0), 5).unwrap());
+        assert!(tx.insert_episode(&episode("a", "p", 1.0), &[], 5).unwrap());
+        assert!(!tx.insert_episode(&episode("a", "p", 0.0), &[], 5).unwrap());
+        assert!(tx.insert_episode(&episode("b", "q", 0.0), &[], 5).unwrap());
         tx.commit().unwrap();
 
         let stats = store.stats().unwrap();
@@ -382,29 +383,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let tx = store.begin_ingest().unwrap();
-        tx.insert_episode(&episode("a", "p", 1.0), 5).unwrap();
+        tx.insert_episode(&episode("a", "p", 1.0), &[], 5).unwrap();
         drop(tx);
         assert_eq!(store.episode_count().unwrap(), 0);
     }
 
     #[test]
-    fn spans_pend_until_taken_then_rereads_are_known_and_new_ones_late() {
+    fn spans_pend_until_taken_and_episodes_remember_their_spans() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let tx = store.begin_ingest().unwrap();
         let child = span("t", "c", Some("r"));
+        tx.insert_pending(&child, 1).unwrap();
+        tx.insert_pending(&child, 1).unwrap();
+        let state = tx.trace_state("t").unwrap();
         assert_eq!(
-            tx.admit_span(&child, 10, 1).unwrap(),
-            SpanAdmission::Pending
+            state,
+            TraceState {
+                finalized: false,
+                pending_spans: 1,
+                pending_root: false
+            }
         );
-        assert_eq!(
-            tx.admit_span(&child, 10, 1).unwrap(),
-            SpanAdmission::AlreadyPending
-        );
-        assert!(!tx.has_pending_root("t").unwrap());
+        assert!(tx.span_pending("t", "c").unwrap());
         let root = span("t", "r", None);
-        assert_eq!(tx.admit_span(&root, 10, 2).unwrap(), SpanAdmission::Pending);
-        assert!(tx.has_pending_root("t").unwrap());
+        tx.insert_pending(&root, 2).unwrap();
+        assert!(tx.trace_state("t").unwrap().pending_root);
         assert_eq!(tx.quiet_traces(Some(2), 10).unwrap(), Vec::<String>::new());
         assert_eq!(tx.quiet_traces(Some(3), 10).unwrap(), vec!["t".to_string()]);
 
@@ -412,42 +416,19 @@ mod tests {
         taken.sort_by(|a, b| a.span_id.cmp(&b.span_id));
         assert_eq!(taken, vec![child.clone(), root.clone()]);
         assert_eq!(tx.quiet_traces(None, 10).unwrap(), Vec::<String>::new());
-        assert_eq!(
-            tx.admit_span(&child, 10, 3).unwrap(),
-            SpanAdmission::AlreadyConsumed
-        );
-        assert_eq!(
-            tx.admit_span(&span("t", "new", Some("r")), 10, 3).unwrap(),
-            SpanAdmission::Late
-        );
-        tx.commit().unwrap();
-    }
+        assert_eq!(tx.trace_state("t").unwrap(), TraceState::default());
 
-    #[test]
-    fn span_of_an_existing_episode_is_late_and_full_traces_refuse_spans() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
-        let tx = store.begin_ingest().unwrap();
-        tx.insert_episode(&episode("e", "p", 1.0), 1).unwrap();
-        assert_eq!(
-            tx.admit_span(&span("e", "x", None), 10, 1).unwrap(),
-            SpanAdmission::Late
-        );
-        assert_eq!(
-            tx.admit_span(&span("f", "1", Some("r")), 2, 1).unwrap(),
-            SpanAdmission::Pending
-        );
-        assert_eq!(
-            tx.admit_span(&span("f", "2", Some("r")), 2, 1).unwrap(),
-            SpanAdmission::Pending
-        );
-        assert_eq!(
-            tx.admit_span(&span("f", "3", Some("r")), 2, 1).unwrap(),
-            SpanAdmission::TraceFull
-        );
+        let ids = vec!["c".to_string(), "r".to_string()];
+        tx.insert_episode(&episode("t", "p", 1.0), &ids, 3).unwrap();
+        assert!(tx.trace_state("t").unwrap().finalized);
+        assert!(tx.span_consumed("t", "c").unwrap());
+        assert!(!tx.span_consumed("t", "new").unwrap());
+        assert!(!tx.span_consumed("t", "").unwrap());
+
+        tx.mark_consumed("rejected", &["x".to_string()]).unwrap();
+        assert!(tx.trace_state("rejected").unwrap().finalized);
+        assert!(tx.span_consumed("rejected", "x").unwrap());
         tx.commit().unwrap();
-        let stats = store.stats().unwrap();
-        assert_eq!((stats.pending_spans, stats.pending_traces), (2, 1));
     }
 
     #[test]

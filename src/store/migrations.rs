@@ -24,7 +24,10 @@ pub const MIGRATIONS: &[&str] = &[
         source_file          TEXT    NOT NULL,
         source_line          INTEGER NOT NULL,
         ingested_at_unix_ms  INTEGER NOT NULL,
-        body                 TEXT    NOT NULL
+        body                 TEXT    NOT NULL,
+        -- Space-separated ids of the spans the episode was assembled from,
+        -- so a re-read span is recognized and a new one reported as late.
+        span_ids             TEXT    NOT NULL DEFAULT ''
     );
     CREATE INDEX episodes_by_prompt ON episodes (prompt_name, prompt_version);
     CREATE INDEX episodes_by_format ON episodes (format);
@@ -77,9 +80,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX pending_spans_roots ON pending_spans (trace_id) WHERE is_root;
 
-    -- Spans already folded into an episode (or into a rejected trace), so a
-    -- re-read of the same span is recognized and ignored, while a new span of
-    -- a finalized trace is reported as late.
+    -- Spans of traces rejected as a whole (no episode), so the trace counts
+    -- as finalized: a re-read of the same span is ignored, a new one is late.
     CREATE TABLE consumed_spans (
         trace_id TEXT NOT NULL,
         span_id  TEXT NOT NULL,

@@ -103,6 +103,14 @@ pub(super) fn decode_json<T: DeserializeOwned>(
     source: &Source,
     what: &str,
 ) -> Result<T, Diagnostic> {
+    // The fast path tracks no field path; only a failure is parsed again,
+    // with path tracking, to say which field was wrong.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
+    if let Err(diagnostic) = check_utf8(bytes, source) {
+        return Err(diagnostic);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -119,4 +127,20 @@ pub(super) fn decode_json<T: DeserializeOwned>(
             format!("{what} field `{path}`: {inner}"),
         )
     })
+}
+
+/// Rejects input that is not UTF-8 text, naming the first bad byte.
+pub(super) fn check_utf8(bytes: &[u8], source: &Source) -> Result<(), Diagnostic> {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(Diagnostic::new(
+            &source.file,
+            source.line,
+            Reason::NotUtf8,
+            format!(
+                "not UTF-8 text: invalid byte at offset {}",
+                err.valid_up_to()
+            ),
+        )),
+    }
 }

@@ -38,22 +38,14 @@ pub enum Record {
 /// line number for diagnostics and for the records produced.
 pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
-    let text = std::str::from_utf8(line).map_err(|err| {
-        fail(
-            Reason::NotUtf8,
-            format!(
-                "not UTF-8 text: invalid byte at offset {}",
-                err.valid_up_to()
-            ),
-        )
-    })?;
     // The common case, an OTLP request, is recognized from its first key
     // without a second parse; otherwise sniff the top-level keys (values are
     // skipped, not built).
-    if matches!(first_key(text), Some("resourceSpans" | "resource_spans")) {
+    if matches!(first_key(line), Some(b"resourceSpans" | b"resource_spans")) {
         return otlp::parse_request(line, source).map(Record::Spans);
     }
-    let keys: BTreeMap<String, IgnoredAny> = match serde_json::from_str(text) {
+    diagnostic::check_utf8(line, source)?;
+    let keys: BTreeMap<String, IgnoredAny> = match serde_json::from_slice(line) {
         Ok(keys) => keys,
         Err(err) if err.is_data() => {
             return Err(fail(
@@ -85,14 +77,14 @@ pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
 }
 
 /// The first key of a JSON object, when it is a plain (unescaped) string.
-fn first_key(text: &str) -> Option<&str> {
-    let rest = text
-        .trim_start()
-        .strip_prefix('{')?
-        .trim_start()
-        .strip_prefix('"')?;
-    let end = rest.find(['"', '\\'])?;
-    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
+fn first_key(line: &[u8]) -> Option<&[u8]> {
+    let rest = line
+        .trim_ascii_start()
+        .strip_prefix(b"{")?
+        .trim_ascii_start()
+        .strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest[end] == b'"').then(|| &rest[..end])
 }
 
 /// Whether a file holds one multi-line JSON document (e.g. a pretty-printed

@@ -90,11 +90,20 @@ struct RawStatus {
 }
 
 /// An enum as the spec writes it (integer) or as `MessageToJson` does (name).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum EnumValue {
     Int(i64),
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for EnumValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match NumOrString::deserialize(d)? {
+            NumOrString::U(v) => EnumValue::Int(i64::try_from(v).unwrap_or(i64::MAX)),
+            NumOrString::I(v) => EnumValue::Int(v),
+            NumOrString::F(v) => EnumValue::Int(v as i64),
+            NumOrString::S(s) => EnumValue::Name(s),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,14 +144,43 @@ struct KeyValueList {
     values: Vec<KeyValue>,
 }
 
-/// A JSON number or a decimal string (int64 fields are strings in OTLP/JSON).
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A JSON number or a string (int64 fields are strings in OTLP/JSON).
+///
+/// Deserialized by a visitor rather than `#[serde(untagged)]`, which buffers
+/// the value and builds an error per variant tried: this is on the hot path.
 enum NumOrString {
     U(u64),
     I(i64),
     F(f64),
     S(String),
+}
+
+impl<'de> Deserialize<'de> for NumOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NumOrString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumOrString, E> {
+                Ok(NumOrString::U(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumOrString, E> {
+                Ok(NumOrString::I(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumOrString, E> {
+                Ok(NumOrString::F(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NumOrString, E> {
+                Ok(NumOrString::S(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<NumOrString, E> {
+                Ok(NumOrString::S(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
