@@ -108,9 +108,7 @@ pub(super) fn decode_json<T: DeserializeOwned>(
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }
-    if let Err(diagnostic) = check_utf8(bytes, source) {
-        return Err(diagnostic);
-    }
+    check_utf8(bytes, source)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
