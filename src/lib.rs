@@ -1,3 +1,4 @@
 //! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
 
+pub mod rl;
 pub mod trace;
