@@ -89,11 +89,12 @@ impl FeatureSpec {
     }
 }
 
-/// Lowercased alphanumeric words.
+/// Lowercased alphanumeric words; numbers all become one `<num>` token, since
+/// that a task has numbers says more about the tool it needs than which.
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+        .map(|w| if w.chars().all(|c| c.is_ascii_digit()) { "<num>".to_string() } else { w.to_lowercase() })
         .collect()
 }
 
@@ -151,6 +152,7 @@ mod tests {
         // Case and punctuation do not matter; word order does (bigrams).
         assert_eq!(features[..32], state("what is the weather in paris", None, false, 0)[..32]);
         assert_ne!(features[..32], state("paris in weather the is what", None, false, 0)[..32]);
+        assert_eq!(state("add 12 and 7", None, false, 0), state("add 940 and 31", None, false, 0));
         let outcome = &features[48..51];
         assert_eq!(outcome, [0.0, 0.0, 1.0]);
         assert_eq!(features[51 + STEP_BUCKETS - 1], 1.0);

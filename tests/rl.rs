@@ -1,0 +1,10 @@
+//! Integration tests of the RL policy learner (`whetstone::rl`).
+
+#[path = "rl/synthetic.rs"]
+mod synthetic;
+
+#[path = "rl/learning.rs"]
+mod learning;
+
+#[path = "rl/checkpoint.rs"]
+mod checkpoint;
