@@ -1,4 +1,6 @@
 //! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
 
+pub mod cli;
+pub mod config;
 pub mod rl;
 pub mod trace;
