@@ -5,10 +5,12 @@
 //! comparable with the reference implementation) and documented choices
 //! elsewhere. Every key is optional; unknown keys are errors so typos fail.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Checker;
 
 /// Which off-policy estimate gates promotion of a newly trained policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromotionEstimator {
     /// Importance sampling with clipped weights.
@@ -28,7 +30,7 @@ impl PromotionEstimator {
 }
 
 /// Reinforcement-learning configuration (`[rl]` in `config.toml`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RlConfig {
     /// Discount factor γ.
@@ -114,53 +116,59 @@ impl Default for RlConfig {
 }
 
 impl RlConfig {
-    /// Checks every value and lists each out-of-range one by key path
-    /// (`rl.<key>: ...`). Empty when the config is usable.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut check = |ok: bool, key: &str, want: &str, got: String| {
-            if !ok {
-                problems.push(format!("rl.{key}: must be {want}, got {got}"));
-            }
-        };
-        let unit = |x: f64| (0.0..=1.0).contains(&x);
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
-        check(unit(self.gamma), "gamma", "in [0, 1]", self.gamma.to_string());
-        check(unit(self.gae_lambda), "gae_lambda", "in [0, 1]", self.gae_lambda.to_string());
-        check(positive(self.clip_coef), "clip_coef", "> 0", self.clip_coef.to_string());
-        check(non_negative(self.ent_coef), "ent_coef", ">= 0", self.ent_coef.to_string());
-        check(non_negative(self.vf_coef), "vf_coef", ">= 0", self.vf_coef.to_string());
-        check(self.num_minibatches >= 1, "num_minibatches", ">= 1", self.num_minibatches.to_string());
-        check(self.update_epochs >= 1, "update_epochs", ">= 1", self.update_epochs.to_string());
-        check(positive(self.max_grad_norm), "max_grad_norm", "> 0", self.max_grad_norm.to_string());
-        check(positive(self.learning_rate), "learning_rate", "> 0", self.learning_rate.to_string());
-        check(positive(self.adam_eps), "adam_eps", "> 0", self.adam_eps.to_string());
+    /// Reports every out-of-range value into `check` (keys relative to the
+    /// `[rl]` section).
+    pub fn validate(&self, check: &mut Checker) {
+        check.in_range("gamma", self.gamma, 0.0..=1.0);
+        check.in_range("gae_lambda", self.gae_lambda, 0.0..=1.0);
+        positive(check, "clip_coef", self.clip_coef);
+        non_negative(check, "ent_coef", self.ent_coef);
+        non_negative(check, "vf_coef", self.vf_coef);
+        check.in_range("num_minibatches", self.num_minibatches, 1..=1_000_000);
+        check.in_range("update_epochs", self.update_epochs, 1..=10_000);
+        positive(check, "max_grad_norm", self.max_grad_norm);
+        positive(check, "learning_rate", self.learning_rate);
+        positive(check, "adam_eps", self.adam_eps);
         if let Some(target_kl) = self.target_kl {
-            check(positive(target_kl), "target_kl", "> 0 (omit the key to disable)", target_kl.to_string());
+            positive(check, "target_kl", target_kl);
         }
-        check(self.iterations_per_run >= 1, "iterations_per_run", ">= 1", self.iterations_per_run.to_string());
-        check((1..=4096).contains(&self.hidden_dim), "hidden_dim", "in 1..=4096", self.hidden_dim.to_string());
-        check((1..=1 << 20).contains(&self.text_hash_dim), "text_hash_dim", "in 1..=1048576", self.text_hash_dim.to_string());
-        check((2..=1 << 16).contains(&self.action_hash_dim), "action_hash_dim", "in 2..=65536", self.action_hash_dim.to_string());
+        check.in_range("iterations_per_run", self.iterations_per_run, 1..=1_000_000);
+        check.in_range("hidden_dim", self.hidden_dim, 1..=4096);
+        check.in_range("text_hash_dim", self.text_hash_dim, 1..=1 << 20);
+        check.in_range("action_hash_dim", self.action_hash_dim, 2..=1 << 16);
         if let Some(name) = &self.reward_name {
-            check(!name.is_empty(), "reward_name", "a non-empty name (omit the key to sum all rewards)", "\"\"".to_string());
+            check.not_empty("reward_name", name);
         }
-        check(non_negative(self.tool_error_penalty), "tool_error_penalty", ">= 0", self.tool_error_penalty.to_string());
-        check(
-            (0.0..1.0).contains(&self.holdout_fraction),
-            "holdout_fraction",
-            "in [0, 1)",
-            self.holdout_fraction.to_string(),
-        );
-        check(
-            self.importance_weight_clip.is_finite() && self.importance_weight_clip >= 1.0,
-            "importance_weight_clip",
-            ">= 1",
-            self.importance_weight_clip.to_string(),
-        );
-        check(non_negative(self.promotion_margin), "promotion_margin", ">= 0", self.promotion_margin.to_string());
-        problems
+        non_negative(check, "tool_error_penalty", self.tool_error_penalty);
+        if !(0.0..1.0).contains(&self.holdout_fraction) {
+            check.fail("holdout_fraction", format!("must be at least 0.0 and below 1.0, got {:?}", self.holdout_fraction));
+        }
+        if !(self.importance_weight_clip.is_finite() && self.importance_weight_clip >= 1.0) {
+            check.fail(
+                "importance_weight_clip",
+                format!("must be a finite number of at least 1.0, got {:?}", self.importance_weight_clip),
+            );
+        }
+        non_negative(check, "promotion_margin", self.promotion_margin);
+    }
+
+    /// The problems of [`RlConfig::validate`] as `rl.<key>: message` lines.
+    pub fn problems(&self) -> Vec<String> {
+        let mut check = Checker::default();
+        check.section("rl", |check| self.validate(check));
+        check.finish().into_iter().map(|invalid| format!("{}: {}", invalid.key, invalid.message)).collect()
+    }
+}
+
+fn positive(check: &mut Checker, key: &str, value: f64) {
+    if !(value.is_finite() && value > 0.0) {
+        check.fail(key, format!("must be a finite number above 0.0, got {value:?}"));
+    }
+}
+
+fn non_negative(check: &mut Checker, key: &str, value: f64) {
+    if !(value.is_finite() && value >= 0.0) {
+        check.fail(key, format!("must be a finite number of at least 0.0, got {value:?}"));
     }
 }
 
@@ -175,7 +183,7 @@ mod tests {
         assert_eq!((cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm), (0.01, 0.5, 0.5));
         assert_eq!((cfg.num_minibatches, cfg.update_epochs), (4, 4));
         assert_eq!(cfg.learning_rate, 2.5e-4);
-        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     }
 
     #[test]
@@ -199,11 +207,12 @@ mod tests {
             target_kl: Some(-1.0),
             ..RlConfig::default()
         };
-        let problems = cfg.validate();
+        let problems = cfg.problems();
         let keys: Vec<&str> = problems.iter().map(|p| p.split(':').next().unwrap()).collect();
         assert_eq!(
             keys,
             ["rl.gamma", "rl.num_minibatches", "rl.learning_rate", "rl.target_kl", "rl.holdout_fraction"]
         );
+        assert!(problems[0].ends_with("must be between 0.0 and 1.0, got 1.5"), "{problems:?}");
     }
 }

@@ -37,7 +37,7 @@ pub const POLICY_FILE: &str = "policy.safetensors";
 /// checkpoint, and writes `learned_policy.json` and `policy.safetensors` (the
 /// policy in effect after the run) to `out_dir`.
 pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_dir: &Path) -> Result<TrainReport> {
-    let problems = cfg.validate();
+    let problems = cfg.problems();
     if !problems.is_empty() {
         bail!("invalid configuration: {}", problems.join("; "));
     }
