@@ -8,3 +8,6 @@ mod learning;
 
 #[path = "rl/checkpoint.rs"]
 mod checkpoint;
+
+#[path = "rl/cli.rs"]
+mod cli;

@@ -6,6 +6,8 @@
 //! one variant and one match arm here.
 
 mod config_cmd;
+mod policy;
+mod train;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,11 @@ pub enum Command {
     /// Check and show the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run one optimization over the traces collected so far.
+    Train(train::TrainArgs),
+    /// Ask the learned tool-selection policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -59,6 +66,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.verbose);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
+        Command::Train(args) => train::run(args, &cli.global),
+        Command::Policy(command) => policy::run(command, &cli.global),
     }
 }
 

@@ -146,7 +146,7 @@ pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_di
 }
 
 /// A new learner with the initial policy as the promoted version 0.
-fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
+pub fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
     let mut rng = Rng::new(cfg.seed);
     let learner = PolicyNet::init(architecture, &mut rng)?;
     let promoted = learner.snapshot()?;
@@ -155,8 +155,8 @@ fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
 }
 
 /// Featurizes episodes and resolves behavior probabilities: the logged one
-/// when the trace has it, else the promoted policy's (counted in `behavior`).
-fn training_data(
+/// when the trace has it, else the `snapshot` policy's (counted in `behavior`).
+pub fn training_data(
     episodes: &[&EpisodeDecisions],
     space: &ActionSpace,
     spec: FeatureSpec,
