@@ -29,7 +29,12 @@ pub enum PolicyCommand {
 /// Runs one policy command.
 pub fn run(command: &PolicyCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     match command {
-        PolicyCommand::Act { input, previous_tool, previous_tool_failed, tools } => {
+        PolicyCommand::Act {
+            input,
+            previous_tool,
+            previous_tool_failed,
+            tools,
+        } => {
             let config = global.load_config()?;
             let request = ActRequest {
                 input: input.clone(),
@@ -39,7 +44,10 @@ pub fn run(command: &PolicyCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 tools: tools.clone(),
             };
             let ranked = rl::act(&config.data_dir.join("rl"), &request)?;
-            let text: String = ranked.iter().map(|(action, p)| format!("{p:.4}\t{action}\n")).collect();
+            let text: String = ranked
+                .iter()
+                .map(|(action, p)| format!("{p:.4}\t{action}\n"))
+                .collect();
             write_stdout(&text)?;
             Ok(())
         }

@@ -39,7 +39,10 @@ pub struct TrainArgs {
 /// Runs one training run and prints its outcome.
 pub fn run(args: &TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = global.load_config()?;
-    let traces = args.traces.clone().unwrap_or_else(|| config.traces.dir.clone());
+    let traces = args
+        .traces
+        .clone()
+        .unwrap_or_else(|| config.traces.dir.clone());
     let (episodes, diagnostics) = read_episodes(&traces)?;
     let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
     for diagnostic in &diagnostics {
@@ -47,7 +50,10 @@ pub fn run(args: &TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         *rejected.entry(diagnostic.reason.as_str()).or_default() += 1;
     }
     if !diagnostics.is_empty() {
-        tracing::warn!(?rejected, "some trace input was rejected (run with -v for each file and line)");
+        tracing::warn!(
+            ?rejected,
+            "some trace input was rejected (run with -v for each file and line)"
+        );
     }
     match args.mode {
         TrainMode::Rl => {
@@ -63,7 +69,11 @@ pub fn run(args: &TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 report.episodes.skipped,
                 report.episodes.training_decisions,
                 report.training.iterations,
-                if report.promotion.promoted { "promoted" } else { "kept" },
+                if report.promotion.promoted {
+                    "promoted"
+                } else {
+                    "kept"
+                },
                 report.promotion.policy_version,
                 report.promotion.reason,
                 args.output_dir.join(rl::report::REPORT_FILE).display(),
@@ -105,7 +115,13 @@ fn read_episodes(path: &Path) -> anyhow::Result<(Vec<Episode>, Vec<Diagnostic>)>
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match trace::parse_line(line, &Source { file: name.clone(), line: index as u64 + 1 }) {
+            match trace::parse_line(
+                line,
+                &Source {
+                    file: name.clone(),
+                    line: index as u64 + 1,
+                },
+            ) {
                 Ok(record) => keep(record),
                 Err(diagnostic) => diagnostics.push(diagnostic),
             }
@@ -121,7 +137,8 @@ fn read_episodes(path: &Path) -> anyhow::Result<(Vec<Episode>, Vec<Diagnostic>)>
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let metadata = std::fs::metadata(path).with_context(|| format!("reading traces from {}", path.display()))?;
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("reading traces from {}", path.display()))?;
     if !metadata.is_dir() {
         out.push(path.to_path_buf());
         return Ok(());

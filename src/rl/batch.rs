@@ -99,16 +99,27 @@ impl Batch {
 
     /// The rows at `rows` (a u32 tensor), for a minibatch.
     pub fn select(&self, rows: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((self.states.index_select(rows, 0)?, self.mask.index_select(rows, 0)?, self.actions.index_select(rows, 0)?))
+        Ok((
+            self.states.index_select(rows, 0)?,
+            self.mask.index_select(rows, 0)?,
+            self.actions.index_select(rows, 0)?,
+        ))
     }
 }
 
 /// (N, state_dim) features of `states`.
-pub fn states_tensor<'a>(states: impl ExactSizeIterator<Item = &'a State>, spec: FeatureSpec) -> Result<Tensor> {
+pub fn states_tensor<'a>(
+    states: impl ExactSizeIterator<Item = &'a State>,
+    spec: FeatureSpec,
+) -> Result<Tensor> {
     let n = states.len();
     let mut values = Vec::with_capacity(n * spec.state_dim());
     for state in states {
         spec.push_state(state, &mut values);
     }
-    Ok(Tensor::from_vec(values, (n, spec.state_dim()), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        values,
+        (n, spec.state_dim()),
+        &Device::Cpu,
+    )?)
 }

@@ -85,7 +85,10 @@ impl TrainingState {
     /// The architecture the checkpoint was trained with.
     pub fn architecture(&self) -> Architecture {
         Architecture {
-            features: FeatureSpec { text_hash_dim: self.text_hash_dim, action_hash_dim: self.action_hash_dim },
+            features: FeatureSpec {
+                text_hash_dim: self.text_hash_dim,
+                action_hash_dim: self.action_hash_dim,
+            },
             hidden_dim: self.hidden_dim,
         }
     }
@@ -112,9 +115,14 @@ pub fn read_state(dir: &Path) -> Result<Option<TrainingState>> {
         return Ok(None);
     }
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let state: TrainingState = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let state: TrainingState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if state.format_version != FORMAT_VERSION {
-        bail!("{}: format_version {} is not supported (expected {FORMAT_VERSION})", path.display(), state.format_version);
+        bail!(
+            "{}: format_version {} is not supported (expected {FORMAT_VERSION})",
+            path.display(),
+            state.format_version
+        );
     }
     Ok(Some(state))
 }
@@ -122,13 +130,28 @@ pub fn read_state(dir: &Path) -> Result<Option<TrainingState>> {
 /// Loads the checkpoint in `dir`, or `Ok(None)` when there is none yet.
 /// `architecture` is what the config asks for; a checkpoint of another shape
 /// is an error naming the differing keys.
-pub fn load(dir: &Path, architecture: Architecture, learning_rate: f64, adam_eps: f64) -> Result<Option<Checkpoint>> {
-    let Some(state) = read_state(dir)? else { return Ok(None) };
+pub fn load(
+    dir: &Path,
+    architecture: Architecture,
+    learning_rate: f64,
+    adam_eps: f64,
+) -> Result<Option<Checkpoint>> {
+    let Some(state) = read_state(dir)? else {
+        return Ok(None);
+    };
     let stored = state.architecture();
     let mut differences = Vec::new();
     for (key, want, got) in [
-        ("rl.text_hash_dim", architecture.features.text_hash_dim, stored.features.text_hash_dim),
-        ("rl.action_hash_dim", architecture.features.action_hash_dim, stored.features.action_hash_dim),
+        (
+            "rl.text_hash_dim",
+            architecture.features.text_hash_dim,
+            stored.features.text_hash_dim,
+        ),
+        (
+            "rl.action_hash_dim",
+            architecture.features.action_hash_dim,
+            stored.features.action_hash_dim,
+        ),
         ("rl.hidden_dim", architecture.hidden_dim, stored.hidden_dim),
     ] {
         if want != got {
@@ -149,13 +172,21 @@ pub fn load(dir: &Path, architecture: Architecture, learning_rate: f64, adam_eps
         .with_context(|| format!("reading {}", optimizer_path.display()))?;
     let adam = Adam::restore(&learner, tensors, state.adam_step, learning_rate, adam_eps)
         .with_context(|| format!("restoring {}", optimizer_path.display()))?;
-    Ok(Some(Checkpoint { state, learner, adam, promoted }))
+    Ok(Some(Checkpoint {
+        state,
+        learner,
+        adam,
+        promoted,
+    }))
 }
 
 /// Loads only the promoted policy (for serving).
 pub fn load_promoted(dir: &Path) -> Result<(TrainingState, PolicyNet)> {
     let Some(state) = read_state(dir)? else {
-        bail!("no trained policy in {}: run `whetstone train --mode rl` first", dir.display());
+        bail!(
+            "no trained policy in {}: run `whetstone train --mode rl` first",
+            dir.display()
+        );
     };
     let promoted = PolicyNet::load(state.architecture(), &verified(dir, &state, "promoted")?)?;
     Ok((state, promoted))
@@ -171,7 +202,10 @@ fn verified(dir: &Path, state: &TrainingState, kind: &str) -> Result<PathBuf> {
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let got = hex::encode(Sha256::digest(&bytes));
     if &got != want {
-        bail!("{}: SHA-256 {got} does not match {want} recorded in {STATE_FILE}", path.display());
+        bail!(
+            "{}: SHA-256 {got} does not match {want} recorded in {STATE_FILE}",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -194,7 +228,8 @@ pub fn save(dir: &Path, checkpoint: &mut Checkpoint) -> Result<()> {
     for (kind, tensors) in tensors {
         let name = file_name(kind, generation);
         let path = dir.join(&name);
-        candle_core::safetensors::save(&tensors, &path).with_context(|| format!("writing {}", path.display()))?;
+        candle_core::safetensors::save(&tensors, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
         let bytes = fs::read(&path).with_context(|| format!("reading back {}", path.display()))?;
         fs::File::open(&path)?.sync_all()?;
         files.insert(name, hex::encode(Sha256::digest(&bytes)));
@@ -204,9 +239,11 @@ pub fn save(dir: &Path, checkpoint: &mut Checkpoint) -> Result<()> {
     state.files = files;
     state.adam_step = checkpoint.adam.step;
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    fs::write(&tmp, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::write(&tmp, serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, dir.join(STATE_FILE)).with_context(|| format!("replacing {}", dir.join(STATE_FILE).display()))?;
+    fs::rename(&tmp, dir.join(STATE_FILE))
+        .with_context(|| format!("replacing {}", dir.join(STATE_FILE).display()))?;
     checkpoint.state = state;
     for name in previous {
         // A leftover old generation is harmless; it is listed nowhere.

@@ -141,12 +141,21 @@ impl RlConfig {
         }
         non_negative(check, "tool_error_penalty", self.tool_error_penalty);
         if !(0.0..1.0).contains(&self.holdout_fraction) {
-            check.fail("holdout_fraction", format!("must be at least 0.0 and below 1.0, got {:?}", self.holdout_fraction));
+            check.fail(
+                "holdout_fraction",
+                format!(
+                    "must be at least 0.0 and below 1.0, got {:?}",
+                    self.holdout_fraction
+                ),
+            );
         }
         if !(self.importance_weight_clip.is_finite() && self.importance_weight_clip >= 1.0) {
             check.fail(
                 "importance_weight_clip",
-                format!("must be a finite number of at least 1.0, got {:?}", self.importance_weight_clip),
+                format!(
+                    "must be a finite number of at least 1.0, got {:?}",
+                    self.importance_weight_clip
+                ),
             );
         }
         non_negative(check, "promotion_margin", self.promotion_margin);
@@ -156,19 +165,29 @@ impl RlConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut check = Checker::default();
         check.section("rl", |check| self.validate(check));
-        check.finish().into_iter().map(|invalid| format!("{}: {}", invalid.key, invalid.message)).collect()
+        check
+            .finish()
+            .into_iter()
+            .map(|invalid| format!("{}: {}", invalid.key, invalid.message))
+            .collect()
     }
 }
 
 fn positive(check: &mut Checker, key: &str, value: f64) {
     if !(value.is_finite() && value > 0.0) {
-        check.fail(key, format!("must be a finite number above 0.0, got {value:?}"));
+        check.fail(
+            key,
+            format!("must be a finite number above 0.0, got {value:?}"),
+        );
     }
 }
 
 fn non_negative(check: &mut Checker, key: &str, value: f64) {
     if !(value.is_finite() && value >= 0.0) {
-        check.fail(key, format!("must be a finite number of at least 0.0, got {value:?}"));
+        check.fail(
+            key,
+            format!("must be a finite number of at least 0.0, got {value:?}"),
+        );
     }
 }
 
@@ -179,8 +198,14 @@ mod tests {
     #[test]
     fn defaults_are_cleanrl_and_valid() {
         let cfg = RlConfig::default();
-        assert_eq!((cfg.gamma, cfg.gae_lambda, cfg.clip_coef), (0.99, 0.95, 0.2));
-        assert_eq!((cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm), (0.01, 0.5, 0.5));
+        assert_eq!(
+            (cfg.gamma, cfg.gae_lambda, cfg.clip_coef),
+            (0.99, 0.95, 0.2)
+        );
+        assert_eq!(
+            (cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm),
+            (0.01, 0.5, 0.5)
+        );
         assert_eq!((cfg.num_minibatches, cfg.update_epochs), (4, 4));
         assert_eq!(cfg.learning_rate, 2.5e-4);
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
@@ -190,7 +215,8 @@ mod tests {
     fn empty_section_is_default_and_unknown_keys_fail() {
         let cfg: RlConfig = toml::from_str("").unwrap();
         assert_eq!(cfg, RlConfig::default());
-        let cfg: RlConfig = toml::from_str("target_kl = 0.015\npromotion_estimator = \"ips\"").unwrap();
+        let cfg: RlConfig =
+            toml::from_str("target_kl = 0.015\npromotion_estimator = \"ips\"").unwrap();
         assert_eq!(cfg.target_kl, Some(0.015));
         assert_eq!(cfg.promotion_estimator, PromotionEstimator::Ips);
         let err = toml::from_str::<RlConfig>("clip_coeff = 0.1").unwrap_err();
@@ -208,11 +234,23 @@ mod tests {
             ..RlConfig::default()
         };
         let problems = cfg.problems();
-        let keys: Vec<&str> = problems.iter().map(|p| p.split(':').next().unwrap()).collect();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
         assert_eq!(
             keys,
-            ["rl.gamma", "rl.num_minibatches", "rl.learning_rate", "rl.target_kl", "rl.holdout_fraction"]
+            [
+                "rl.gamma",
+                "rl.num_minibatches",
+                "rl.learning_rate",
+                "rl.target_kl",
+                "rl.holdout_fraction"
+            ]
         );
-        assert!(problems[0].ends_with("must be between 0.0 and 1.0, got 1.5"), "{problems:?}");
+        assert!(
+            problems[0].ends_with("must be between 0.0 and 1.0, got 1.5"),
+            "{problems:?}"
+        );
     }
 }

@@ -94,7 +94,13 @@ impl FeatureSpec {
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(|w| if w.chars().all(|c| c.is_ascii_digit()) { "<num>".to_string() } else { w.to_lowercase() })
+        .map(|w| {
+            if w.chars().all(|c| c.is_ascii_digit()) {
+                "<num>".to_string()
+            } else {
+                w.to_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -129,7 +135,10 @@ pub fn stable_hash(seed: u64, text: &str) -> u64 {
 mod tests {
     use super::*;
 
-    const SPEC: FeatureSpec = FeatureSpec { text_hash_dim: 32, action_hash_dim: 16 };
+    const SPEC: FeatureSpec = FeatureSpec {
+        text_hash_dim: 32,
+        action_hash_dim: 16,
+    };
 
     fn state(input: &str, previous_tool: Option<&str>, error: bool, step_index: usize) -> Vec<f32> {
         let mut out = Vec::new();
@@ -150,9 +159,18 @@ mod tests {
         let text_norm: f32 = features[..32].iter().map(|x| x * x).sum();
         assert!((text_norm - 1.0).abs() < 1e-5);
         // Case and punctuation do not matter; word order does (bigrams).
-        assert_eq!(features[..32], state("what is the weather in paris", None, false, 0)[..32]);
-        assert_ne!(features[..32], state("paris in weather the is what", None, false, 0)[..32]);
-        assert_eq!(state("add 12 and 7", None, false, 0), state("add 940 and 31", None, false, 0));
+        assert_eq!(
+            features[..32],
+            state("what is the weather in paris", None, false, 0)[..32]
+        );
+        assert_ne!(
+            features[..32],
+            state("paris in weather the is what", None, false, 0)[..32]
+        );
+        assert_eq!(
+            state("add 12 and 7", None, false, 0),
+            state("add 940 and 31", None, false, 0)
+        );
         let outcome = &features[48..51];
         assert_eq!(outcome, [0.0, 0.0, 1.0]);
         assert_eq!(features[51 + STEP_BUCKETS - 1], 1.0);

@@ -17,7 +17,13 @@ pub struct Advantages {
 ///
 /// `values[t]` is V(s_t); `bootstrap` is `None` for a terminal episode and
 /// `Some(V(s_T))` for one truncated after its last decision.
-pub fn gae(rewards: &[f64], values: &[f64], bootstrap: Option<f64>, gamma: f64, lambda: f64) -> Advantages {
+pub fn gae(
+    rewards: &[f64],
+    values: &[f64],
+    bootstrap: Option<f64>,
+    gamma: f64,
+    lambda: f64,
+) -> Advantages {
     assert_eq!(rewards.len(), values.len(), "one value per reward");
     let n = rewards.len();
     let mut advantages = vec![0.0; n];
@@ -30,7 +36,10 @@ pub fn gae(rewards: &[f64], values: &[f64], bootstrap: Option<f64>, gamma: f64, 
         next_value = values[t];
     }
     let returns = advantages.iter().zip(values).map(|(a, v)| a + v).collect();
-    Advantages { advantages, returns }
+    Advantages {
+        advantages,
+        returns,
+    }
 }
 
 #[cfg(test)]

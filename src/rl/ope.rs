@@ -31,7 +31,11 @@ pub struct Estimate {
 pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> Estimate {
     let n = episodes.len();
     if n == 0 {
-        return Estimate { ips: f64::NAN, snips: f64::NAN, effective_sample_size: 0.0 };
+        return Estimate {
+            ips: f64::NAN,
+            snips: f64::NAN,
+            effective_sample_size: 0.0,
+        };
     }
     // Cumulative clipped weights per episode and decision.
     let weights: Vec<Vec<f64>> = episodes
@@ -41,7 +45,8 @@ pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> E
             steps
                 .iter()
                 .map(|step| {
-                    cumulative = (cumulative * step.target_probability / step.behavior_probability).min(weight_clip);
+                    cumulative = (cumulative * step.target_probability / step.behavior_probability)
+                        .min(weight_clip);
                     cumulative
                 })
                 .collect()
@@ -70,15 +75,28 @@ pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> E
     let finals: Vec<f64> = weights.iter().map(|w| w[w.len() - 1]).collect();
     let sum: f64 = finals.iter().sum();
     let sum_sq: f64 = finals.iter().map(|w| w * w).sum();
-    let effective_sample_size = if sum_sq > 0.0 { sum * sum / sum_sq } else { 0.0 };
-    Estimate { ips, snips, effective_sample_size }
+    let effective_sample_size = if sum_sq > 0.0 {
+        sum * sum / sum_sq
+    } else {
+        0.0
+    };
+    Estimate {
+        ips,
+        snips,
+        effective_sample_size,
+    }
 }
 
 /// The behavior policy's own value: the mean discounted return observed.
 pub fn logged_value(episodes: &[Vec<LoggedStep>], gamma: f64) -> f64 {
     let total: f64 = episodes
         .iter()
-        .map(|steps| steps.iter().rev().fold(0.0, |future, step| step.reward + gamma * future))
+        .map(|steps| {
+            steps
+                .iter()
+                .rev()
+                .fold(0.0, |future, step| step.reward + gamma * future)
+        })
         .sum();
     total / episodes.len().max(1) as f64
 }
@@ -88,13 +106,21 @@ mod tests {
     use super::*;
 
     fn step(target_probability: f64, behavior_probability: f64, reward: f64) -> LoggedStep {
-        LoggedStep { target_probability, behavior_probability, reward }
+        LoggedStep {
+            target_probability,
+            behavior_probability,
+            reward,
+        }
     }
 
     #[test]
     fn single_decision_ips_snips_ess() {
         // weights 2, 0.5, 0; rewards 1, 1, 0
-        let episodes = vec![vec![step(0.5, 0.25, 1.0)], vec![step(0.25, 0.5, 1.0)], vec![step(0.0, 0.5, 0.0)]];
+        let episodes = vec![
+            vec![step(0.5, 0.25, 1.0)],
+            vec![step(0.25, 0.5, 1.0)],
+            vec![step(0.0, 0.5, 0.0)],
+        ];
         let e = estimate(&episodes, 0.99, 10.0);
         assert!((e.ips - 2.5 / 3.0).abs() < 1e-12);
         assert!((e.snips - 1.0).abs() < 1e-12);
@@ -109,7 +135,10 @@ mod tests {
     fn per_decision_weights_accumulate_and_ended_episodes_keep_theirs() {
         // Episode A: w0 = 2, w1 = 2 * 0.5 = 1; rewards 0 then 1.
         // Episode B: one decision, w0 = 0.5, reward 1.
-        let episodes = vec![vec![step(0.5, 0.25, 0.0), step(0.25, 0.5, 1.0)], vec![step(0.25, 0.5, 1.0)]];
+        let episodes = vec![
+            vec![step(0.5, 0.25, 0.0), step(0.25, 0.5, 1.0)],
+            vec![step(0.25, 0.5, 1.0)],
+        ];
         let e = estimate(&episodes, 0.9, 10.0);
         // IPS: t0: (2*0 + 0.5*1)/2 = 0.25; t1: 0.9 * (1*1)/2 = 0.45
         assert!((e.ips - 0.7).abs() < 1e-12, "{e:?}");

@@ -33,7 +33,12 @@ impl Adam {
             .iter()
             .map(|(_, var)| Ok((var.zeros_like()?, var.zeros_like()?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Adam { learning_rate, eps, step: 0, moments })
+        Ok(Adam {
+            learning_rate,
+            eps,
+            step: 0,
+            moments,
+        })
     }
 
     /// Applies one update from `grads`, each multiplied by `grad_scale`
@@ -65,18 +70,36 @@ impl Adam {
     }
 
     /// Restores state saved by [`Adam::tensors`] for `net`.
-    pub fn restore(net: &PolicyNet, mut tensors: HashMap<String, Tensor>, step: u64, learning_rate: f64, eps: f64) -> Result<Self> {
+    pub fn restore(
+        net: &PolicyNet,
+        mut tensors: HashMap<String, Tensor>,
+        step: u64,
+        learning_rate: f64,
+        eps: f64,
+    ) -> Result<Self> {
         let mut moments = Vec::new();
         for (name, var) in net.params() {
-            let (Some(m), Some(v)) = (tensors.remove(&format!("m.{name}")), tensors.remove(&format!("v.{name}"))) else {
+            let (Some(m), Some(v)) = (
+                tensors.remove(&format!("m.{name}")),
+                tensors.remove(&format!("v.{name}")),
+            ) else {
                 bail!("optimizer state for {name} is missing");
             };
             if m.dims() != var.dims() || v.dims() != var.dims() {
-                bail!("optimizer state for {name} has shape {:?}, expected {:?}", m.dims(), var.dims());
+                bail!(
+                    "optimizer state for {name} has shape {:?}, expected {:?}",
+                    m.dims(),
+                    var.dims()
+                );
             }
             moments.push((m, v));
         }
-        Ok(Adam { learning_rate, eps, step, moments })
+        Ok(Adam {
+            learning_rate,
+            eps,
+            step,
+            moments,
+        })
     }
 }
 
@@ -102,19 +125,39 @@ mod tests {
 
     #[test]
     fn first_adam_step_moves_each_weight_by_lr_against_the_gradient_sign() {
-        let architecture = Architecture { features: FeatureSpec { text_hash_dim: 4, action_hash_dim: 2 }, hidden_dim: 3 };
+        let architecture = Architecture {
+            features: FeatureSpec {
+                text_hash_dim: 4,
+                action_hash_dim: 2,
+            },
+            hidden_dim: 3,
+        };
         let net = PolicyNet::init(architecture, &mut Rng::new(3)).unwrap();
-        let states = Tensor::ones((2, architecture.features.state_dim()), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let states = Tensor::ones(
+            (2, architecture.features.state_dim()),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let before = net.params()[10].1.as_tensor().to_vec2::<f32>().unwrap();
         let loss = net.values(&states).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let (norm, coef) = clip_coefficient(&net, &grads, 1e-3).unwrap();
         assert!(norm > 0.0 && coef < 1.0 && (coef * norm - 1e-3).abs() < 1e-6);
-        let grad = grads.get(&net.params()[10].1).unwrap().to_vec2::<f32>().unwrap();
+        let grad = grads
+            .get(&net.params()[10].1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let mut adam = Adam::new(&net, 0.01, 1e-8).unwrap();
         adam.step(&net, &grads, coef).unwrap();
         let after = net.params()[10].1.as_tensor().to_vec2::<f32>().unwrap();
-        for ((b, a), g) in before.iter().flatten().zip(after.iter().flatten()).zip(grad.iter().flatten()) {
+        for ((b, a), g) in before
+            .iter()
+            .flatten()
+            .zip(after.iter().flatten())
+            .zip(grad.iter().flatten())
+        {
             if g.abs() > 1e-4 {
                 assert!((b - a - 0.01 * g.signum()).abs() < 1e-4, "{b} {a} {g}");
             }

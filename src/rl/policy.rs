@@ -63,10 +63,15 @@ impl PolicyNet {
                 _ => (1, 0.0),
             };
             let std = gain / (fan_in as f64).sqrt();
-            let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| (rng.normal() * std) as f32).collect();
+            let values: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|_| (rng.normal() * std) as f32)
+                .collect();
             params.push((name, Var::from_vec(values, shape, &Device::Cpu)?));
         }
-        Ok(PolicyNet { architecture, params })
+        Ok(PolicyNet {
+            architecture,
+            params,
+        })
     }
 
     /// The trainable variables with their names, in a fixed order.
@@ -83,20 +88,43 @@ impl PolicyNet {
     ///
     /// `states` is (N, state_dim), `action_features` (A, action_dim) and
     /// `mask` (N, A) with 0 for available and -1e9 for unavailable actions.
-    pub fn action_log_probs(&self, states: &Tensor, action_features: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let hidden = states.matmul(self.param(0))?.broadcast_add(self.param(1))?.tanh()?;
-        let hidden = hidden.matmul(self.param(2))?.broadcast_add(self.param(3))?.tanh()?;
+    pub fn action_log_probs(
+        &self,
+        states: &Tensor,
+        action_features: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let hidden = states
+            .matmul(self.param(0))?
+            .broadcast_add(self.param(1))?
+            .tanh()?;
+        let hidden = hidden
+            .matmul(self.param(2))?
+            .broadcast_add(self.param(3))?
+            .tanh()?;
         let embeddings = action_features.matmul(self.param(4))?; // (A, H)
         let bias = action_features.matmul(self.param(5))?.t()?; // (1, A)
-        let logits = hidden.matmul(&embeddings.t()?)?.broadcast_add(&bias)?.add(mask)?;
+        let logits = hidden
+            .matmul(&embeddings.t()?)?
+            .broadcast_add(&bias)?
+            .add(mask)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
     /// V(s) for each state: shape (N).
     pub fn values(&self, states: &Tensor) -> Result<Tensor> {
-        let hidden = states.matmul(self.param(6))?.broadcast_add(self.param(7))?.tanh()?;
-        let hidden = hidden.matmul(self.param(8))?.broadcast_add(self.param(9))?.tanh()?;
-        Ok(hidden.matmul(self.param(10))?.broadcast_add(self.param(11))?.squeeze(1)?)
+        let hidden = states
+            .matmul(self.param(6))?
+            .broadcast_add(self.param(7))?
+            .tanh()?;
+        let hidden = hidden
+            .matmul(self.param(8))?
+            .broadcast_add(self.param(9))?
+            .tanh()?;
+        Ok(hidden
+            .matmul(self.param(10))?
+            .broadcast_add(self.param(11))?
+            .squeeze(1)?)
     }
 
     /// A detached copy (for a policy snapshot that must not move).
@@ -106,17 +134,24 @@ impl PolicyNet {
             .iter()
             .map(|(name, var)| Ok((*name, Var::from_tensor(&var.as_tensor().copy()?)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(PolicyNet { architecture: self.architecture, params })
+        Ok(PolicyNet {
+            architecture: self.architecture,
+            params,
+        })
     }
 
     /// The parameters as named tensors (for safetensors files).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.params.iter().map(|(name, var)| (name.to_string(), var.as_tensor().clone())).collect()
+        self.params
+            .iter()
+            .map(|(name, var)| (name.to_string(), var.as_tensor().clone()))
+            .collect()
     }
 
     /// Writes the parameters to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.tensors(), path).with_context(|| format!("writing {}", path.display()))
+        candle_core::safetensors::save(&self.tensors(), path)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Reads parameters of `architecture` from a safetensors file, checking
@@ -143,7 +178,10 @@ impl PolicyNet {
             }
             params.push((name, Var::from_tensor(&tensor)?));
         }
-        Ok(PolicyNet { architecture, params })
+        Ok(PolicyNet {
+            architecture,
+            params,
+        })
     }
 }
 
@@ -168,7 +206,13 @@ mod tests {
     use super::*;
 
     fn architecture() -> Architecture {
-        Architecture { features: FeatureSpec { text_hash_dim: 8, action_hash_dim: 4 }, hidden_dim: 6 }
+        Architecture {
+            features: FeatureSpec {
+                text_hash_dim: 8,
+                action_hash_dim: 4,
+            },
+            hidden_dim: 6,
+        }
     }
 
     #[test]
@@ -177,8 +221,18 @@ mod tests {
         let state_dim = architecture().features.state_dim();
         let states = Tensor::ones((2, state_dim), DType::F32, &Device::Cpu).unwrap();
         let actions = Tensor::eye(5, DType::F32, &Device::Cpu).unwrap();
-        let mask = Tensor::new(&[[0f32, 0., 0., -1e9, -1e9], [0., 0., 0., 0., 0.]], &Device::Cpu).unwrap();
-        let probs = net.action_log_probs(&states, &actions, &mask).unwrap().exp().unwrap().to_vec2::<f32>().unwrap();
+        let mask = Tensor::new(
+            &[[0f32, 0., 0., -1e9, -1e9], [0., 0., 0., 0., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let probs = net
+            .action_log_probs(&states, &actions, &mask)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         for (p, want) in probs[0].iter().zip([1. / 3., 1. / 3., 1. / 3., 0., 0.]) {
             assert!((p - want).abs() < 1e-6, "{probs:?}");
         }
@@ -191,8 +245,14 @@ mod tests {
         let v1 = net.values(&states).unwrap().to_vec1::<f32>().unwrap();
         let v2 = back.values(&states).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v1, v2);
-        let bigger = Architecture { hidden_dim: 7, ..architecture() };
+        let bigger = Architecture {
+            hidden_dim: 7,
+            ..architecture()
+        };
         let err = PolicyNet::load(bigger, &path).err().unwrap().to_string();
-        assert!(err.contains("actor.l1.weight") && err.contains("hidden_dim"), "{err}");
+        assert!(
+            err.contains("actor.l1.weight") && err.contains("hidden_dim"),
+            "{err}"
+        );
     }
 }

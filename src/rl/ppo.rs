@@ -105,8 +105,17 @@ pub fn ppo_loss(inputs: &LossInputs, cfg: &RlConfig) -> Result<Losses> {
     let ratio_values = ratio.to_vec1::<f32>()?;
     let log_ratio_values = log_ratio.to_vec1::<f32>()?;
     let m = ratio_values.len().max(1) as f64;
-    let approx_kl = ratio_values.iter().zip(&log_ratio_values).map(|(r, lr)| f64::from((r - 1.0) - lr)).sum::<f64>() / m;
-    let clip_fraction = ratio_values.iter().filter(|r| (f64::from(**r) - 1.0).abs() > clip).count() as f64 / m;
+    let approx_kl = ratio_values
+        .iter()
+        .zip(&log_ratio_values)
+        .map(|(r, lr)| f64::from((r - 1.0) - lr))
+        .sum::<f64>()
+        / m;
+    let clip_fraction = ratio_values
+        .iter()
+        .filter(|r| (f64::from(**r) - 1.0).abs() > clip)
+        .count() as f64
+        / m;
     Ok(Losses {
         policy_loss: scalar(&policy_loss)?,
         value_loss: scalar(&value_loss)?,
@@ -131,7 +140,9 @@ pub fn normalize(advantages: &mut [f64]) {
     let mean = advantages.iter().sum::<f64>() / n as f64;
     let var = advantages.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let std = var.sqrt();
-    advantages.iter_mut().for_each(|a| *a = (*a - mean) / (std + 1e-8));
+    advantages
+        .iter_mut()
+        .for_each(|a| *a = (*a - mean) / (std + 1e-8));
 }
 
 /// Entropy of each row of log-probabilities (masked entries contribute 0).
@@ -146,11 +157,27 @@ pub fn chosen(log_probs: &Tensor, actions: &Tensor) -> Result<Tensor> {
 
 /// One PPO iteration: advantages from the current critic, then
 /// `update_epochs` epochs of shuffled minibatch updates.
-pub fn iterate(net: &PolicyNet, adam: &mut Adam, rng: &mut Rng, data: &TrainingData, cfg: &RlConfig) -> Result<IterationStats> {
+pub fn iterate(
+    net: &PolicyNet,
+    adam: &mut Adam,
+    rng: &mut Rng,
+    data: &TrainingData,
+    cfg: &RlConfig,
+) -> Result<IterationStats> {
     let n = data.batch.len();
-    let values: Vec<f64> = net.values(&data.batch.states)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+    let values: Vec<f64> = net
+        .values(&data.batch.states)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let bootstrap: Vec<f64> = match &data.bootstrap_states {
-        Some(states) => net.values(states)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect(),
+        Some(states) => net
+            .values(states)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         None => Vec::new(),
     };
     let mut advantages = vec![0.0; n];
@@ -166,7 +193,10 @@ pub fn iterate(net: &PolicyNet, adam: &mut Adam, rng: &mut Rng, data: &TrainingD
         advantages[rows.clone()].copy_from_slice(&out.advantages);
         returns[rows.clone()].copy_from_slice(&out.returns);
     }
-    let mut stats = IterationStats { explained_variance: explained_variance(&values, &returns), ..IterationStats::default() };
+    let mut stats = IterationStats {
+        explained_variance: explained_variance(&values, &returns),
+        ..IterationStats::default()
+    };
 
     let minibatch_size = n.div_ceil(cfg.num_minibatches).max(1);
     let mut order: Vec<usize> = (0..n).collect();
@@ -182,11 +212,17 @@ pub fn iterate(net: &PolicyNet, adam: &mut Adam, rng: &mut Rng, data: &TrainingD
             if cfg.norm_adv {
                 normalize(&mut minibatch_advantages);
             }
-            let minibatch_advantages: Vec<f32> = minibatch_advantages.iter().map(|&a| a as f32).collect();
-            let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &Device::Cpu)?;
+            let minibatch_advantages: Vec<f32> =
+                minibatch_advantages.iter().map(|&a| a as f32).collect();
+            let index = Tensor::from_vec(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                rows.len(),
+                &Device::Cpu,
+            )?;
             let (states, mask, actions) = data.batch.select(&index)?;
             let log_probs = net.action_log_probs(&states, &data.space.features, &mask)?;
-            let old_log_probs: Vec<f32> = rows.iter().map(|&r| data.behavior_log_probs[r]).collect();
+            let old_log_probs: Vec<f32> =
+                rows.iter().map(|&r| data.behavior_log_probs[r]).collect();
             let losses = ppo_loss(
                 &LossInputs {
                     new_log_probs: &chosen(&log_probs, &actions)?,
@@ -272,17 +308,32 @@ mod tests {
             &cfg,
         )
         .unwrap();
-        assert!((losses.policy_loss - want_pg).abs() < 1e-5, "{} vs {want_pg}", losses.policy_loss);
-        assert!((losses.value_loss - want_v).abs() < 1e-5, "{} vs {want_v}", losses.value_loss);
+        assert!(
+            (losses.policy_loss - want_pg).abs() < 1e-5,
+            "{} vs {want_pg}",
+            losses.policy_loss
+        );
+        assert!(
+            (losses.value_loss - want_v).abs() < 1e-5,
+            "{} vs {want_v}",
+            losses.value_loss
+        );
         assert!((losses.entropy - 0.5).abs() < 1e-6);
         let total = f64::from(losses.total.to_scalar::<f32>().unwrap());
         assert!((total - (want_pg - 0.01 * 0.5 + 0.5 * want_v)).abs() < 1e-5);
         assert_eq!(losses.clip_fraction, 0.75);
         // approx KL = mean((r - 1) - ln r)
-        let want_kl = ratios.iter().map(|r| f64::from(*r - 1.0) - f64::from(*r).ln()).sum::<f64>() / 4.0;
+        let want_kl = ratios
+            .iter()
+            .map(|r| f64::from(*r - 1.0) - f64::from(*r).ln())
+            .sum::<f64>()
+            / 4.0;
         assert!((losses.approx_kl - want_kl).abs() < 1e-5);
 
-        let unclipped_v = RlConfig { clip_vloss: false, ..RlConfig::default() };
+        let unclipped_v = RlConfig {
+            clip_vloss: false,
+            ..RlConfig::default()
+        };
         let losses = ppo_loss(
             &LossInputs {
                 new_log_probs: &t(&new),
@@ -317,7 +368,14 @@ mod tests {
             &cfg,
         )
         .unwrap();
-        let grad = losses.total.backward().unwrap().get(&new).unwrap().to_vec1::<f32>().unwrap();
+        let grad = losses
+            .total
+            .backward()
+            .unwrap()
+            .get(&new)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // d/dlogp of -A r / 2 = -r / 2 inside the band; 0 once clipped.
         assert_eq!(grad[0], 0.0);
         assert!((grad[1] + 1.1 / 2.0).abs() < 1e-5, "{grad:?}");

@@ -17,8 +17,8 @@ use super::optimizer::Adam;
 use super::policy::{Architecture, PolicyNet};
 use super::ppo::{self, IterationStats, TrainingData};
 use super::report::{
-    self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate, Promotion, TrainReport,
-    TrainingSummary,
+    self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
+    Promotion, TrainReport, TrainingSummary,
 };
 use super::rng::Rng;
 use super::transitions::{Decision, Ending, EpisodeDecisions, extract};
@@ -36,17 +36,30 @@ pub const POLICY_FILE: &str = "policy.safetensors";
 /// promoted policy on held-out episodes, promotes it if not worse, saves the
 /// checkpoint, and writes `learned_policy.json` and `policy.safetensors` (the
 /// policy in effect after the run) to `out_dir`.
-pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_dir: &Path) -> Result<TrainReport> {
+pub fn train(
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+) -> Result<TrainReport> {
     let problems = cfg.problems();
     if !problems.is_empty() {
         bail!("invalid configuration: {}", problems.join("; "));
     }
     let architecture = Architecture {
-        features: FeatureSpec { text_hash_dim: cfg.text_hash_dim, action_hash_dim: cfg.action_hash_dim },
+        features: FeatureSpec {
+            text_hash_dim: cfg.text_hash_dim,
+            action_hash_dim: cfg.action_hash_dim,
+        },
         hidden_dim: cfg.hidden_dim,
     };
     let spec = architecture.features;
-    let (mut checkpoint, resumed) = match checkpoint::load(checkpoint_dir, architecture, cfg.learning_rate, cfg.adam_eps)? {
+    let (mut checkpoint, resumed) = match checkpoint::load(
+        checkpoint_dir,
+        architecture,
+        cfg.learning_rate,
+        cfg.adam_eps,
+    )? {
         Some(checkpoint) => (checkpoint, true),
         None => (fresh(architecture, cfg)?, false),
     };
@@ -55,21 +68,36 @@ pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_di
     let mut rng = Rng::new(checkpoint.state.rng_state);
 
     let extraction = extract(episodes, cfg);
-    checkpoint.state.tools.extend(extraction.tools.iter().cloned());
+    checkpoint
+        .state
+        .tools
+        .extend(extraction.tools.iter().cloned());
     let space = ActionSpace::new(&checkpoint.state.tools, spec)?;
-    let (held_out, training): (Vec<&EpisodeDecisions>, Vec<&EpisodeDecisions>) = extraction
-        .episodes
-        .iter()
-        .partition(|e| ((stable_hash(cfg.seed, &e.trace_id) >> 11) as f64 / (1u64 << 53) as f64) < cfg.holdout_fraction);
+    let (held_out, training): (Vec<&EpisodeDecisions>, Vec<&EpisodeDecisions>) =
+        extraction.episodes.iter().partition(|e| {
+            ((stable_hash(cfg.seed, &e.trace_id) >> 11) as f64 / (1u64 << 53) as f64)
+                < cfg.holdout_fraction
+        });
 
-    let mut behavior = BehaviorSource { trace: 0, policy_snapshot: 0, snapshot_policy_version: checkpoint.state.promoted_version };
+    let mut behavior = BehaviorSource {
+        trace: 0,
+        policy_snapshot: 0,
+        snapshot_policy_version: checkpoint.state.promoted_version,
+    };
     let train_data = training_data(&training, &space, spec, &checkpoint.promoted, &mut behavior)?;
-    let held_out_data = training_data(&held_out, &space, spec, &checkpoint.promoted, &mut behavior)?;
+    let held_out_data =
+        training_data(&held_out, &space, spec, &checkpoint.promoted, &mut behavior)?;
 
     let mut runs: Vec<IterationStats> = Vec::new();
     if !train_data.batch.is_empty() {
         for iteration in 0..cfg.iterations_per_run {
-            let stats = ppo::iterate(&checkpoint.learner, &mut checkpoint.adam, &mut rng, &train_data, cfg)?;
+            let stats = ppo::iterate(
+                &checkpoint.learner,
+                &mut checkpoint.adam,
+                &mut rng,
+                &train_data,
+                cfg,
+            )?;
             tracing::info!(
                 iteration = iteration + 1,
                 of = cfg.iterations_per_run,
@@ -85,22 +113,41 @@ pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_di
     let evaluation = if held_out_data.batch.is_empty() {
         None
     } else {
-        Some(evaluate(&held_out_data, &checkpoint.promoted, &checkpoint.learner, cfg)?)
+        Some(evaluate(
+            &held_out_data,
+            &checkpoint.promoted,
+            &checkpoint.learner,
+            cfg,
+        )?)
     };
-    let promotion = decide(cfg, runs.is_empty(), held_out.is_empty(), evaluation.as_ref(), checkpoint.state.promoted_version);
+    let promotion = decide(
+        cfg,
+        runs.is_empty(),
+        held_out.is_empty(),
+        evaluation.as_ref(),
+        checkpoint.state.promoted_version,
+    );
     if promotion.promoted {
         checkpoint.promoted = checkpoint.learner.snapshot()?;
         checkpoint.state.promoted_version += 1;
     }
-    let promotion = Promotion { policy_version: checkpoint.state.promoted_version, ..promotion };
+    let promotion = Promotion {
+        policy_version: checkpoint.state.promoted_version,
+        ..promotion
+    };
 
-    let (actions, policy_entropy) = summarize_actions(&train_data, &checkpoint.learner, runs.last())?;
+    let (actions, policy_entropy) =
+        summarize_actions(&train_data, &checkpoint.learner, runs.last())?;
     let state = &mut checkpoint.state;
     state.runs += 1;
     state.iterations += runs.len() as u64;
     state.epochs += runs.iter().map(|r| r.epochs as u64).sum::<u64>();
     state.minibatch_updates += runs.iter().map(|r| r.minibatch_updates as u64).sum::<u64>();
-    state.decisions_trained += if runs.is_empty() { 0 } else { train_data.batch.len() as u64 };
+    state.decisions_trained += if runs.is_empty() {
+        0
+    } else {
+        train_data.batch.len() as u64
+    };
     state.rng_state = rng.state();
     checkpoint::save(checkpoint_dir, &mut checkpoint)?;
 
@@ -115,7 +162,11 @@ pub fn train(episodes: &[Episode], cfg: &RlConfig, out_dir: &Path, checkpoint_di
             training: training.len(),
             held_out: held_out.len(),
             training_decisions: train_data.batch.len(),
-            skipped: extraction.skipped.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect(),
+            skipped: extraction
+                .skipped
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), *n))
+                .collect(),
         },
         behavior_probability_source: behavior,
         training: TrainingSummary {
@@ -151,7 +202,12 @@ pub fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
     let learner = PolicyNet::init(architecture, &mut rng)?;
     let promoted = learner.snapshot()?;
     let adam = Adam::new(&learner, cfg.learning_rate, cfg.adam_eps)?;
-    Ok(Checkpoint { state: TrainingState::new(architecture, rng.state()), learner, adam, promoted })
+    Ok(Checkpoint {
+        state: TrainingState::new(architecture, rng.state()),
+        learner,
+        adam,
+        promoted,
+    })
 }
 
 /// Featurizes episodes and resolves behavior probabilities: the logged one
@@ -195,8 +251,11 @@ pub fn training_data(
             }
         });
     }
-    let bootstrap_states =
-        if cut_states.is_empty() { None } else { Some(states_tensor(cut_states.into_iter(), spec)?) };
+    let bootstrap_states = if cut_states.is_empty() {
+        None
+    } else {
+        Some(states_tensor(cut_states.into_iter(), spec)?)
+    };
     Ok(TrainingData {
         rewards: decisions.iter().map(|d| d.reward).collect(),
         space: space.clone(),
@@ -214,11 +273,21 @@ fn chosen_probabilities(net: &PolicyNet, batch: &Batch, space: &ActionSpace) -> 
         return Ok(Vec::new());
     }
     let log_probs = net.action_log_probs(&batch.states, &space.features, &batch.mask)?;
-    Ok(ppo::chosen(&log_probs, &batch.actions)?.exp()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    Ok(ppo::chosen(&log_probs, &batch.actions)?
+        .exp()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect())
 }
 
 /// IPS/SNIPS of the current and the candidate policy on held-out data.
-fn evaluate(data: &TrainingData, current: &PolicyNet, candidate: &PolicyNet, cfg: &RlConfig) -> Result<OffPolicyEvaluation> {
+fn evaluate(
+    data: &TrainingData,
+    current: &PolicyNet,
+    candidate: &PolicyNet,
+    cfg: &RlConfig,
+) -> Result<OffPolicyEvaluation> {
     let logged = |net: &PolicyNet| -> Result<Vec<Vec<LoggedStep>>> {
         let target = chosen_probabilities(net, &data.batch, &data.space)?;
         Ok(data
@@ -238,7 +307,14 @@ fn evaluate(data: &TrainingData, current: &PolicyNet, candidate: &PolicyNet, cfg
     let estimate = |net: &PolicyNet| -> Result<(PolicyEstimate, f64)> {
         let steps = logged(net)?;
         let e = ope::estimate(&steps, cfg.gamma, cfg.importance_weight_clip);
-        Ok((PolicyEstimate { ips: e.ips, snips: e.snips, effective_sample_size: e.effective_sample_size }, ope::logged_value(&steps, cfg.gamma)))
+        Ok((
+            PolicyEstimate {
+                ips: e.ips,
+                snips: e.snips,
+                effective_sample_size: e.effective_sample_size,
+            },
+            ope::logged_value(&steps, cfg.gamma),
+        ))
     };
     let (current, logging_policy_value) = estimate(current)?;
     let (candidate, _) = estimate(candidate)?;
@@ -268,13 +344,22 @@ fn decide(
         policy_version: version,
     };
     if untrained {
-        return promotion(false, "no training decisions: the promoted policy is unchanged".into());
+        return promotion(
+            false,
+            "no training decisions: the promoted policy is unchanged".into(),
+        );
     }
     if cfg.holdout_fraction == 0.0 {
-        return promotion(true, "off-policy evaluation is off (rl.holdout_fraction = 0): promoted unchecked".into());
+        return promotion(
+            true,
+            "off-policy evaluation is off (rl.holdout_fraction = 0): promoted unchecked".into(),
+        );
     }
     let Some(evaluation) = evaluation.filter(|_| !nothing_held_out) else {
-        return promotion(false, "no held-out episodes to evaluate the candidate on: not promoted".into());
+        return promotion(
+            false,
+            "no held-out episodes to evaluate the candidate on: not promoted".into(),
+        );
     };
     let pick = |e: &PolicyEstimate| match cfg.promotion_estimator {
         super::config::PromotionEstimator::Ips => e.ips,
@@ -282,9 +367,21 @@ fn decide(
     };
     let (candidate, current) = (pick(&evaluation.candidate), pick(&evaluation.current));
     if candidate >= current - cfg.promotion_margin {
-        promotion(true, format!("candidate estimate {candidate:.4} >= current {current:.4} - margin {}", cfg.promotion_margin))
+        promotion(
+            true,
+            format!(
+                "candidate estimate {candidate:.4} >= current {current:.4} - margin {}",
+                cfg.promotion_margin
+            ),
+        )
     } else {
-        promotion(false, format!("candidate estimate {candidate:.4} < current {current:.4} - margin {}", cfg.promotion_margin))
+        promotion(
+            false,
+            format!(
+                "candidate estimate {candidate:.4} < current {current:.4} - margin {}",
+                cfg.promotion_margin
+            ),
+        )
     }
 }
 
@@ -308,7 +405,8 @@ fn summarize_actions(
     let mut greedy = vec![0usize; columns];
     let mut entropy = f64::NAN;
     if n > 0 {
-        let log_probs = net.action_log_probs(&data.batch.states, &data.space.features, &data.batch.mask)?;
+        let log_probs =
+            net.action_log_probs(&data.batch.states, &data.space.features, &data.batch.mask)?;
         entropy = f64::from(ppo::entropy(&log_probs)?.mean_all()?.to_scalar::<f32>()?);
         for row in log_probs.exp()?.to_vec2::<f32>()? {
             for (column, p) in row.iter().enumerate() {
@@ -338,7 +436,10 @@ fn summarize_actions(
 }
 
 fn argmax(values: &[f32]) -> usize {
-    values.iter().enumerate().fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
 }
 
 /// The state `act` scores actions in.
@@ -361,7 +462,11 @@ pub struct ActRequest {
 pub fn act(checkpoint_dir: &Path, request: &ActRequest) -> Result<Vec<(String, f64)>> {
     let (state, policy) = checkpoint::load_promoted(checkpoint_dir)?;
     let spec = state.architecture().features;
-    let tools = if request.tools.is_empty() { state.tools.clone() } else { request.tools.iter().cloned().collect() };
+    let tools = if request.tools.is_empty() {
+        state.tools.clone()
+    } else {
+        request.tools.iter().cloned().collect()
+    };
     let space = ActionSpace::new(&tools, spec)?;
     let query = State {
         input: request.input.clone(),
@@ -370,10 +475,21 @@ pub fn act(checkpoint_dir: &Path, request: &ActRequest) -> Result<Vec<(String, f
         step_index: request.step_index,
     };
     let states = states_tensor(std::iter::once(&query), spec)?;
-    let mask = Tensor::zeros((1, space.names.len()), candle_core::DType::F32, &Device::Cpu)?;
-    let probabilities = policy.action_log_probs(&states, &space.features, &mask)?.exp()?.squeeze(0)?.to_vec1::<f32>()?;
-    let mut out: Vec<(String, f64)> =
-        space.names.into_iter().zip(probabilities.into_iter().map(f64::from)).collect();
+    let mask = Tensor::zeros(
+        (1, space.names.len()),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    let probabilities = policy
+        .action_log_probs(&states, &space.features, &mask)?
+        .exp()?
+        .squeeze(0)?
+        .to_vec1::<f32>()?;
+    let mut out: Vec<(String, f64)> = space
+        .names
+        .into_iter()
+        .zip(probabilities.into_iter().map(f64::from))
+        .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Ok(out)
 }

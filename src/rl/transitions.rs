@@ -140,7 +140,11 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
     };
 
     let last_is_answer = episode.steps.last().is_some_and(|step| {
-        step.kind == StepKind::Llm && step.llm.as_ref().is_none_or(|llm| llm.tool_calls.is_empty())
+        step.kind == StepKind::Llm
+            && step
+                .llm
+                .as_ref()
+                .is_none_or(|llm| llm.tool_calls.is_empty())
     });
     let mut answer_reward = 0.0;
 
@@ -159,11 +163,19 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
                 if !declared.is_empty() && !declared.contains(&step.name) {
                     return Err(SkipReason::UndeclaredTool);
                 }
-                let logged_probability = step.tool.as_ref().and_then(|tool| tool.policy.as_ref()).map(|p| p.probability);
+                let logged_probability = step
+                    .tool
+                    .as_ref()
+                    .and_then(|tool| tool.policy.as_ref())
+                    .map(|p| p.probability);
                 if logged_probability.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
                     return Err(SkipReason::InvalidBehaviorProbability);
                 }
-                let penalty = if step.error { cfg.tool_error_penalty } else { 0.0 };
+                let penalty = if step.error {
+                    cfg.tool_error_penalty
+                } else {
+                    0.0
+                };
                 decisions.push(Decision {
                     state: state(&previous, decisions.len()),
                     action: step.name.clone(),
@@ -211,18 +223,27 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
 
     // An episode that answered, failed or was scored is over; one that stops
     // after a tool call with nothing else to say was cut off.
-    let ending = if last_is_answer || final_reward.is_some() || episode.status == crate::trace::Status::Error {
+    let ending = if last_is_answer
+        || final_reward.is_some()
+        || episode.status == crate::trace::Status::Error
+    {
         Ending::Terminal
     } else {
         Ending::Truncated(state(&previous, decisions.len()))
     };
-    Ok(EpisodeDecisions { trace_id: episode.trace_id.clone(), decisions, ending })
+    Ok(EpisodeDecisions {
+        trace_id: episode.trace_id.clone(),
+        decisions,
+        ending,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{LlmCall, PolicyChoice, Source, Status, Step, TokenUsage, ToolCall, TraceFormat};
+    use crate::trace::{
+        LlmCall, PolicyChoice, Source, Status, Step, TokenUsage, ToolCall, TraceFormat,
+    };
 
     fn llm(tools: &[&str], calls_tool: bool) -> Step {
         Step {
@@ -236,7 +257,11 @@ mod tests {
             llm: Some(LlmCall {
                 tools_available: tools.iter().map(|t| t.to_string()).collect(),
                 tool_calls: if calls_tool {
-                    vec![crate::trace::RequestedToolCall { id: None, name: "x".into(), arguments: serde_json::Value::Null }]
+                    vec![crate::trace::RequestedToolCall {
+                        id: None,
+                        name: "x".into(),
+                        arguments: serde_json::Value::Null,
+                    }]
                 } else {
                     vec![]
                 },
@@ -257,7 +282,10 @@ mod tests {
             rewards: BTreeMap::new(),
             llm: None,
             tool: Some(ToolCall {
-                policy: probability.map(|probability| PolicyChoice { version: None, probability }),
+                policy: probability.map(|probability| PolicyChoice {
+                    version: None,
+                    probability,
+                }),
                 ..ToolCall::default()
             }),
         }
@@ -284,8 +312,13 @@ mod tests {
     fn tools_then_answer_with_step_and_final_rewards() {
         let mut search = tool("search", true, Some(0.5));
         search.rewards.insert("quality".into(), 0.25);
-        let steps = vec![llm(&["search", "get_weather"], true), search, llm(&["search", "get_weather"], true),
-            tool("get_weather", false, None), llm(&[], false)];
+        let steps = vec![
+            llm(&["search", "get_weather"], true),
+            search,
+            llm(&["search", "get_weather"], true),
+            tool("get_weather", false, None),
+            llm(&[], false),
+        ];
         let cfg = RlConfig::default();
         let out = extract(&[episode(steps, &[("quality", 1.0), ("cost", -0.5)])], &cfg);
         assert!(out.skipped.is_empty());
@@ -296,15 +329,30 @@ mod tests {
         let rewards: Vec<f64> = ep.decisions.iter().map(|d| d.reward).collect();
         assert_eq!(rewards, [0.25 - 0.1, 0.0, 0.5]);
         assert_eq!(ep.decisions[0].logged_probability, Some(0.5));
-        assert_eq!(ep.decisions[1].state.previous_tool.as_deref(), Some("search"));
+        assert_eq!(
+            ep.decisions[1].state.previous_tool.as_deref(),
+            Some("search")
+        );
         assert!(ep.decisions[1].state.previous_tool_error);
         assert_eq!(ep.decisions[2].state.step_index, 2);
         // The final LLM call declared no tools: the answer is judged against all.
         assert!(ep.decisions[2].declared_tools.is_empty());
-        assert_eq!(out.tools.iter().collect::<Vec<_>>(), ["get_weather", "search"]);
+        assert_eq!(
+            out.tools.iter().collect::<Vec<_>>(),
+            ["get_weather", "search"]
+        );
 
-        let named = RlConfig { reward_name: Some("cost".into()), ..RlConfig::default() };
-        let out = extract(&[episode(vec![llm(&[], false)], &[("quality", 1.0), ("cost", -0.5)])], &named);
+        let named = RlConfig {
+            reward_name: Some("cost".into()),
+            ..RlConfig::default()
+        };
+        let out = extract(
+            &[episode(
+                vec![llm(&[], false)],
+                &[("quality", 1.0), ("cost", -0.5)],
+            )],
+            &named,
+        );
         assert_eq!(out.episodes[0].decisions[0].reward, -0.5);
     }
 
@@ -312,7 +360,13 @@ mod tests {
     fn cut_off_after_a_tool_is_truncated_unless_scored() {
         let mut scored_step = tool("search", false, None);
         scored_step.rewards.insert("r".into(), 1.0);
-        let out = extract(&[episode(vec![llm(&["search"], true), scored_step.clone()], &[])], &RlConfig::default());
+        let out = extract(
+            &[episode(
+                vec![llm(&["search"], true), scored_step.clone()],
+                &[],
+            )],
+            &RlConfig::default(),
+        );
         match &out.episodes[0].ending {
             Ending::Truncated(next) => {
                 assert_eq!(next.step_index, 1);
@@ -320,7 +374,13 @@ mod tests {
             }
             other => panic!("expected truncation, got {other:?}"),
         }
-        let out = extract(&[episode(vec![llm(&["search"], true), scored_step], &[("r", 0.0)])], &RlConfig::default());
+        let out = extract(
+            &[episode(
+                vec![llm(&["search"], true), scored_step],
+                &[("r", 0.0)],
+            )],
+            &RlConfig::default(),
+        );
         assert_eq!(out.episodes[0].ending, Ending::Terminal);
     }
 
@@ -330,19 +390,26 @@ mod tests {
         let mut nan_step = tool("search", false, None);
         nan_step.rewards.insert("r".into(), f64::NAN);
         let episodes = vec![
-            episode(vec![llm(&[], false)], &[]),                                         // no rewards
-            episode(vec![], &[("r", 1.0)]),                                               // no actions
-            episode(vec![llm(&["search"], true), tool("rm_rf", false, None)], &[("r", 1.0)]), // undeclared
-            episode(vec![llm(&[], false)], &[("r", f64::INFINITY)]),                      // inf
-            episode(vec![llm(&[], true), nan_step], &[("r", 1.0)]),                      // NaN step
+            episode(vec![llm(&[], false)], &[]), // no rewards
+            episode(vec![], &[("r", 1.0)]),      // no actions
+            episode(
+                vec![llm(&["search"], true), tool("rm_rf", false, None)],
+                &[("r", 1.0)],
+            ), // undeclared
+            episode(vec![llm(&[], false)], &[("r", f64::INFINITY)]), // inf
+            episode(vec![llm(&[], true), nan_step], &[("r", 1.0)]), // NaN step
             episode(vec![tool("search", false, Some(1.5))], &[("r", 1.0)]),
             episode(vec![tool("search", false, Some(f64::NAN))], &[("r", 1.0)]),
             episode(vec![tool("", false, None)], &[("r", 1.0)]),
-            episode(vec![llm(&["search"], true), tool("search", false, Some(1.0))], &[("r", 1.0)]), // good
+            episode(
+                vec![llm(&["search"], true), tool("search", false, Some(1.0))],
+                &[("r", 1.0)],
+            ), // good
         ];
         let out = extract(&episodes, &cfg);
         assert_eq!(out.episodes.len(), 1);
-        let skipped: Vec<(&str, usize)> = out.skipped.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        let skipped: Vec<(&str, usize)> =
+            out.skipped.iter().map(|(r, n)| (r.as_str(), *n)).collect();
         assert_eq!(
             skipped,
             [
@@ -354,7 +421,10 @@ mod tests {
                 ("invalid_behavior_probability", 2),
             ]
         );
-        let named = RlConfig { reward_name: Some("other".into()), ..RlConfig::default() };
+        let named = RlConfig {
+            reward_name: Some("other".into()),
+            ..RlConfig::default()
+        };
         let out = extract(&episodes[8..], &named);
         assert_eq!(out.skipped.get(&SkipReason::NoRewards), Some(&1));
     }

@@ -20,24 +20,51 @@ fn train_from_jsonl_then_act() {
     let dir = tmp.path();
     std::fs::write(dir.join("config.toml"), "data_dir = \"state\"\n").unwrap();
     std::fs::create_dir(dir.join("traces")).unwrap();
-    let mut jsonl: String =
-        synthetic::episodes(800, 3).iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+    let mut jsonl: String = synthetic::episodes(800, 3)
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
     jsonl.push_str("{not json\n");
     std::fs::write(dir.join("traces/agent.jsonl"), jsonl).unwrap();
 
     let out = whetstone(dir, &["policy", "act", "--input", "hi"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no trained policy"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no trained policy"),
+        "{out:?}"
+    );
 
-    let out = whetstone(dir, &["train", "--mode", "rl", "--output-dir", "out", "--traces", "traces"]);
+    let out = whetstone(
+        dir,
+        &[
+            "train",
+            "--mode",
+            "rl",
+            "--output-dir",
+            "out",
+            "--traces",
+            "traces",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout.contains("800 episodes read") && stdout.contains("promoted policy version 1"), "{stdout}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_json"), "{out:?}");
-    assert!(dir.join("out/learned_policy.json").exists() && dir.join("out/policy.safetensors").exists());
+    assert!(
+        stdout.contains("800 episodes read") && stdout.contains("promoted policy version 1"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_json"),
+        "{out:?}"
+    );
+    assert!(
+        dir.join("out/learned_policy.json").exists() && dir.join("out/policy.safetensors").exists()
+    );
     assert!(dir.join("state/rl/state.json").exists());
 
-    let out = whetstone(dir, &["policy", "act", "--input", "What's the weather in Berlin?"]);
+    let out = whetstone(
+        dir,
+        &["policy", "act", "--input", "What's the weather in Berlin?"],
+    );
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();

@@ -12,7 +12,13 @@ fn learns_the_best_tool_per_task_from_uniform_logs() {
     let episodes = synthetic::episodes(1200, 11);
     let dir = tempfile::tempdir().unwrap();
     let cfg = RlConfig::default();
-    let report = train(&episodes, &cfg, &dir.path().join("out"), &dir.path().join("rl")).unwrap();
+    let report = train(
+        &episodes,
+        &cfg,
+        &dir.path().join("out"),
+        &dir.path().join("rl"),
+    )
+    .unwrap();
 
     assert!(report.promotion.promoted, "{:?}", report.promotion);
     assert!(report.episodes.skipped.is_empty());
@@ -36,7 +42,14 @@ fn learns_the_best_tool_per_task_from_uniform_logs() {
     let mut correct = 0;
     for _ in 0..n {
         let (input, best) = synthetic::task(&mut rng, true);
-        let ranked = act(&dir.path().join("rl"), &ActRequest { input, ..ActRequest::default() }).unwrap();
+        let ranked = act(
+            &dir.path().join("rl"),
+            &ActRequest {
+                input,
+                ..ActRequest::default()
+            },
+        )
+        .unwrap();
         assert_eq!(ranked.len(), 4);
         assert!((ranked.iter().map(|(_, p)| p).sum::<f64>() - 1.0).abs() < 1e-5);
         if ranked[0].0 == best {
@@ -44,13 +57,33 @@ fn learns_the_best_tool_per_task_from_uniform_logs() {
         }
     }
     let accuracy = correct as f64 / n as f64;
-    assert!(accuracy >= 0.95, "greedy accuracy on held-out tasks {accuracy}");
+    assert!(
+        accuracy >= 0.95,
+        "greedy accuracy on held-out tasks {accuracy}"
+    );
 
-    let written: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/learned_policy.json")).unwrap()).unwrap();
-    for key in ["actions", "policy_entropy", "training", "off_policy_evaluation", "promotion", "behavior_probability_source"] {
-        assert!(written.get(key).is_some(), "learned_policy.json lacks {key}");
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/learned_policy.json")).unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "actions",
+        "policy_entropy",
+        "training",
+        "off_policy_evaluation",
+        "promotion",
+        "behavior_probability_source",
+    ] {
+        assert!(
+            written.get(key).is_some(),
+            "learned_policy.json lacks {key}"
+        );
     }
-    assert!(written["actions"]["get_weather"]["usage_frequency"].as_f64().unwrap() > 0.15);
+    assert!(
+        written["actions"]["get_weather"]["usage_frequency"]
+            .as_f64()
+            .unwrap()
+            > 0.15
+    );
     assert!(dir.path().join("out/policy.safetensors").exists());
 }

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use whetstone::rl::NO_TOOL;
 use whetstone::rl::rng::Rng;
 use whetstone::trace::{
-    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, StepKind, TokenUsage, ToolCall, TraceFormat,
+    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, StepKind, TokenUsage,
+    ToolCall, TraceFormat,
 };
 
 /// The tools the synthetic agent has.
@@ -26,22 +27,41 @@ struct Slots {
 }
 
 const TRAINING_SLOTS: Slots = Slots {
-    cities: &["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Madrid", "Seoul"],
-    topics: &["the Roman empire", "photosynthesis", "Ada Lovelace", "the Nile", "quantum computing", "jazz"],
+    cities: &[
+        "Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Madrid", "Seoul",
+    ],
+    topics: &[
+        "the Roman empire",
+        "photosynthesis",
+        "Ada Lovelace",
+        "the Nile",
+        "quantum computing",
+        "jazz",
+    ],
     names: &["Sam", "Alex", "Maria", "Kenji"],
     numbers: 1..500,
 };
 
 const HELD_OUT_SLOTS: Slots = Slots {
     cities: &["Berlin", "Nairobi", "Sydney", "Toronto", "Mumbai", "Quito"],
-    topics: &["black holes", "the printing press", "Marie Curie", "volcanoes", "the Silk Road"],
+    topics: &[
+        "black holes",
+        "the printing press",
+        "Marie Curie",
+        "volcanoes",
+        "the Silk Road",
+    ],
     names: &["Priya", "Tom", "Lena"],
     numbers: 500..1000,
 };
 
 /// A task text and the action that solves it.
 pub fn task(rng: &mut Rng, held_out: bool) -> (String, &'static str) {
-    let slots = if held_out { &HELD_OUT_SLOTS } else { &TRAINING_SLOTS };
+    let slots = if held_out {
+        &HELD_OUT_SLOTS
+    } else {
+        &TRAINING_SLOTS
+    };
     let pick = |rng: &mut Rng, xs: &[&'static str]| xs[rng.below(xs.len())];
     let span = (slots.numbers.end - slots.numbers.start) as usize;
     let number = |rng: &mut Rng| slots.numbers.start + rng.below(span) as u32;
@@ -117,15 +137,21 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
             let (input, best) = task(&mut rng, false);
             let chosen = actions[rng.below(actions.len())];
             let mut llm = step(StepKind::Llm, "gpt-test");
-            let mut call = LlmCall { tools_available: TOOLS.iter().map(|t| t.to_string()).collect(), ..LlmCall::default() };
+            let mut call = LlmCall {
+                tools_available: TOOLS.iter().map(|t| t.to_string()).collect(),
+                ..LlmCall::default()
+            };
             let mut steps = Vec::new();
             if chosen == NO_TOOL {
                 call.output_text = Some("Hello! How can I help?".into());
                 llm.llm = Some(call);
                 steps.push(llm);
             } else {
-                call.tool_calls =
-                    vec![RequestedToolCall { id: Some("c1".into()), name: chosen.into(), arguments: serde_json::json!({}) }];
+                call.tool_calls = vec![RequestedToolCall {
+                    id: Some("c1".into()),
+                    name: chosen.into(),
+                    arguments: serde_json::json!({}),
+                }];
                 llm.llm = Some(call);
                 steps.push(llm);
                 let mut tool = step(StepKind::Tool, chosen);
@@ -133,7 +159,10 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                     call_id: Some("c1".into()),
                     arguments: serde_json::json!({}),
                     result: Some("ok".into()),
-                    policy: Some(PolicyChoice { version: Some("logging".into()), probability }),
+                    policy: Some(PolicyChoice {
+                        version: Some("logging".into()),
+                        probability,
+                    }),
                 });
                 steps.push(tool);
             }
@@ -150,7 +179,10 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                 duration_ms: None,
                 usage: TokenUsage::default(),
                 policy_version: None,
-                source: Source { file: "synthetic.jsonl".into(), line: i as u64 + 1 },
+                source: Source {
+                    file: "synthetic.jsonl".into(),
+                    line: i as u64 + 1,
+                },
             }
         })
         .collect()
