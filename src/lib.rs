@@ -2,5 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod ingest;
 pub mod rl;
+pub mod store;
 pub mod trace;

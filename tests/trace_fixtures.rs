@@ -14,7 +14,7 @@ use whetstone::trace::{
 /// document; spans grouped by trace; episodes in start-time order.
 fn read_fixture(name: &str) -> Vec<Episode> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("tests/fixtures/traces")
         .join(name);
     let bytes = std::fs::read(&path).unwrap();
     let records = if is_document(&bytes) {
@@ -243,4 +243,86 @@ fn agent_lightning_spans_with_rewards() {
         .unwrap();
     assert_eq!(tool.arguments, serde_json::json!({"city": "Paris"}));
     assert!(tool.result.as_deref().unwrap().contains("partly cloudy"));
+}
+
+/// `whetstone traces parse` prints one episode per line with the documented
+/// fields, reports bad lines on stderr with file:line, and fails only when a
+/// file cannot be read.
+#[test]
+fn traces_parse_command() {
+    let bin = env!("CARGO_BIN_EXE_whetstone");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/traces");
+    let out = std::process::Command::new(bin)
+        .args(["traces", "parse"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let episodes: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        episodes.len(),
+        24,
+        "6 files of 4 episodes (two files hold the same run)"
+    );
+    for episode in &episodes {
+        for key in [
+            "trace_id", "format", "prompt", "input", "steps", "rewards", "status",
+        ] {
+            assert!(episode.get(key).is_some(), "missing {key} in {episode}");
+        }
+        for step in episode["steps"].as_array().unwrap() {
+            assert!(
+                matches!(step["kind"].as_str(), Some("llm" | "tool")),
+                "{step}"
+            );
+            assert!(
+                step["name"].is_string() && step["error"].is_boolean(),
+                "{step}"
+            );
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mixed = tmp.path().join("mixed.jsonl");
+    std::fs::write(
+        &mixed,
+        "{\"id\":\"a\",\"steps\":[]}\nnot json\n\u{0}\u{1}binary\n{\"id\":\"b\",\"steps\":[]}",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["traces", "parse"])
+        .arg(&mixed)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "the unterminated last line counts"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mixed.jsonl:2: invalid_json"), "{stderr}");
+    assert!(stderr.contains("mixed.jsonl:3: invalid_json"), "{stderr}");
+
+    let missing = tmp.path().join("missing.jsonl");
+    let out = std::process::Command::new(bin)
+        .args(["traces", "parse"])
+        .arg(&mixed)
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an unreadable file is an error");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "the readable file still printed"
+    );
 }

@@ -7,6 +7,7 @@
 
 mod config_cmd;
 mod policy;
+pub mod traces;
 mod train;
 
 use std::io::{IsTerminal, Write};
@@ -58,6 +59,9 @@ pub enum Command {
     /// Ask the learned tool-selection policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Import trace files into the store and summarize what it holds.
+    #[command(subcommand)]
+    Traces(traces::TracesCommand),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -68,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(command) => config_cmd::run(command, &cli.global),
         Command::Train(args) => train::run(args, &cli.global),
         Command::Policy(command) => policy::run(command, &cli.global),
+        Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
     }
 }
 

@@ -24,7 +24,7 @@ pub struct TracesConfig {
     pub max_line_bytes: u64,
     /// Largest accepted whole-file JSON document (one request per file).
     pub max_document_bytes: u64,
-    /// Spans beyond this many in one trace reject the trace.
+    /// Spans kept per trace; further spans of it are rejected as `too_large`.
     pub max_spans_per_trace: usize,
     /// Lines committed per store transaction during import.
     pub batch_lines: usize,
