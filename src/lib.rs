@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod rl;
 pub mod store;
 pub mod trace;

@@ -6,7 +6,9 @@
 //! one variant and one match arm here.
 
 mod config_cmd;
+mod policy;
 pub mod traces;
+mod train;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,11 @@ pub enum Command {
     /// Check and show the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run one optimization over the traces collected so far.
+    Train(train::TrainArgs),
+    /// Ask the learned tool-selection policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Import trace files into the store and summarize what it holds.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
@@ -63,6 +70,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.verbose);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
+        Command::Train(args) => train::run(args, &cli.global),
+        Command::Policy(command) => policy::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
     }
 }

@@ -34,6 +34,8 @@ pub use llm::LlmConfig;
 pub use traces::TracesConfig;
 pub use validate::{Checker, Invalid};
 
+use crate::rl::RlConfig;
+
 /// The whole configuration. Defaults are documented in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +46,8 @@ pub struct Config {
     pub traces: TracesConfig,
     /// The OpenAI-compatible LLM endpoint.
     pub llm: LlmConfig,
+    /// Tool-selection policy learning (PPO).
+    pub rl: RlConfig,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".whetstone"),
             traces: TracesConfig::default(),
             llm: LlmConfig::default(),
+            rl: RlConfig::default(),
         }
     }
 }
@@ -64,6 +69,7 @@ impl Config {
         check.not_empty_path("data_dir", &self.data_dir);
         check.section("traces", |check| self.traces.validate(check));
         check.section("llm", |check| self.llm.validate(check));
+        check.section("rl", |check| self.rl.validate(check));
         check.finish()
     }
 

@@ -1,0 +1,256 @@
+//! The `[rl]` section of `config.toml`: PPO hyper-parameters, reward shaping,
+//! network size and the off-policy promotion gate.
+//!
+//! Defaults are CleanRL's `ppo.py` where CleanRL has the knob (so results are
+//! comparable with the reference implementation) and documented choices
+//! elsewhere. Every key is optional; unknown keys are errors so typos fail.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Checker;
+
+/// Which off-policy estimate gates promotion of a newly trained policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionEstimator {
+    /// Importance sampling with clipped weights.
+    Ips,
+    /// Self-normalized importance sampling (lower variance, small bias).
+    Snips,
+}
+
+impl PromotionEstimator {
+    /// The name used in config and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromotionEstimator::Ips => "ips",
+            PromotionEstimator::Snips => "snips",
+        }
+    }
+}
+
+/// Reinforcement-learning configuration (`[rl]` in `config.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Discount factor γ.
+    pub gamma: f64,
+    /// GAE λ.
+    pub gae_lambda: f64,
+    /// PPO surrogate clipping coefficient ε.
+    pub clip_coef: f64,
+    /// Clip the value loss around the pre-update value predictions.
+    pub clip_vloss: bool,
+    /// Entropy bonus coefficient.
+    pub ent_coef: f64,
+    /// Value loss coefficient.
+    pub vf_coef: f64,
+    /// Normalize advantages within each minibatch.
+    pub norm_adv: bool,
+    /// Minibatches per epoch.
+    pub num_minibatches: usize,
+    /// Epochs over the batch per PPO iteration.
+    pub update_epochs: usize,
+    /// Global gradient-norm clipping threshold.
+    pub max_grad_norm: f64,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Adam ε.
+    pub adam_eps: f64,
+    /// Stop an iteration's epochs early when the approximate KL exceeds this.
+    pub target_kl: Option<f64>,
+    /// PPO iterations per training run; each recomputes values and advantages
+    /// and then runs `update_epochs` epochs.
+    pub iterations_per_run: usize,
+    /// Hidden layer width of the policy and value networks.
+    pub hidden_dim: usize,
+    /// Hashed task-text features (word unigrams and bigrams).
+    pub text_hash_dim: usize,
+    /// Hashed action-name features.
+    pub action_hash_dim: usize,
+    /// Reward to learn from; unset sums every named reward.
+    pub reward_name: Option<String>,
+    /// Reward subtracted for each tool call that failed.
+    pub tool_error_penalty: f64,
+    /// Fraction of episodes held out for off-policy evaluation.
+    pub holdout_fraction: f64,
+    /// Importance weights are clipped to at most this value.
+    pub importance_weight_clip: f64,
+    /// Estimate that gates promotion.
+    pub promotion_estimator: PromotionEstimator,
+    /// Promote when candidate estimate >= current estimate - margin.
+    pub promotion_margin: f64,
+    /// Seed for weight initialization, held-out split and minibatch shuffling.
+    pub seed: u64,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        RlConfig {
+            gamma: 0.99,
+            gae_lambda: 0.95,
+            clip_coef: 0.2,
+            clip_vloss: true,
+            ent_coef: 0.01,
+            vf_coef: 0.5,
+            norm_adv: true,
+            num_minibatches: 4,
+            update_epochs: 4,
+            max_grad_norm: 0.5,
+            learning_rate: 2.5e-4,
+            adam_eps: 1e-5,
+            target_kl: None,
+            iterations_per_run: 10,
+            hidden_dim: 64,
+            text_hash_dim: 256,
+            action_hash_dim: 64,
+            reward_name: None,
+            tool_error_penalty: 0.1,
+            holdout_fraction: 0.2,
+            importance_weight_clip: 10.0,
+            promotion_estimator: PromotionEstimator::Snips,
+            promotion_margin: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl RlConfig {
+    /// Reports every out-of-range value into `check` (keys relative to the
+    /// `[rl]` section).
+    pub fn validate(&self, check: &mut Checker) {
+        check.in_range("gamma", self.gamma, 0.0..=1.0);
+        check.in_range("gae_lambda", self.gae_lambda, 0.0..=1.0);
+        positive(check, "clip_coef", self.clip_coef);
+        non_negative(check, "ent_coef", self.ent_coef);
+        non_negative(check, "vf_coef", self.vf_coef);
+        check.in_range("num_minibatches", self.num_minibatches, 1..=1_000_000);
+        check.in_range("update_epochs", self.update_epochs, 1..=10_000);
+        positive(check, "max_grad_norm", self.max_grad_norm);
+        positive(check, "learning_rate", self.learning_rate);
+        positive(check, "adam_eps", self.adam_eps);
+        if let Some(target_kl) = self.target_kl {
+            positive(check, "target_kl", target_kl);
+        }
+        check.in_range("iterations_per_run", self.iterations_per_run, 1..=1_000_000);
+        check.in_range("hidden_dim", self.hidden_dim, 1..=4096);
+        check.in_range("text_hash_dim", self.text_hash_dim, 1..=1 << 20);
+        check.in_range("action_hash_dim", self.action_hash_dim, 2..=1 << 16);
+        if let Some(name) = &self.reward_name {
+            check.not_empty("reward_name", name);
+        }
+        non_negative(check, "tool_error_penalty", self.tool_error_penalty);
+        if !(0.0..1.0).contains(&self.holdout_fraction) {
+            check.fail(
+                "holdout_fraction",
+                format!(
+                    "must be at least 0.0 and below 1.0, got {:?}",
+                    self.holdout_fraction
+                ),
+            );
+        }
+        if !(self.importance_weight_clip.is_finite() && self.importance_weight_clip >= 1.0) {
+            check.fail(
+                "importance_weight_clip",
+                format!(
+                    "must be a finite number of at least 1.0, got {:?}",
+                    self.importance_weight_clip
+                ),
+            );
+        }
+        non_negative(check, "promotion_margin", self.promotion_margin);
+    }
+
+    /// The problems of [`RlConfig::validate`] as `rl.<key>: message` lines.
+    pub fn problems(&self) -> Vec<String> {
+        let mut check = Checker::default();
+        check.section("rl", |check| self.validate(check));
+        check
+            .finish()
+            .into_iter()
+            .map(|invalid| format!("{}: {}", invalid.key, invalid.message))
+            .collect()
+    }
+}
+
+fn positive(check: &mut Checker, key: &str, value: f64) {
+    if !(value.is_finite() && value > 0.0) {
+        check.fail(
+            key,
+            format!("must be a finite number above 0.0, got {value:?}"),
+        );
+    }
+}
+
+fn non_negative(check: &mut Checker, key: &str, value: f64) {
+    if !(value.is_finite() && value >= 0.0) {
+        check.fail(
+            key,
+            format!("must be a finite number of at least 0.0, got {value:?}"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_cleanrl_and_valid() {
+        let cfg = RlConfig::default();
+        assert_eq!(
+            (cfg.gamma, cfg.gae_lambda, cfg.clip_coef),
+            (0.99, 0.95, 0.2)
+        );
+        assert_eq!(
+            (cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm),
+            (0.01, 0.5, 0.5)
+        );
+        assert_eq!((cfg.num_minibatches, cfg.update_epochs), (4, 4));
+        assert_eq!(cfg.learning_rate, 2.5e-4);
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    }
+
+    #[test]
+    fn empty_section_is_default_and_unknown_keys_fail() {
+        let cfg: RlConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, RlConfig::default());
+        let cfg: RlConfig =
+            toml::from_str("target_kl = 0.015\npromotion_estimator = \"ips\"").unwrap();
+        assert_eq!(cfg.target_kl, Some(0.015));
+        assert_eq!(cfg.promotion_estimator, PromotionEstimator::Ips);
+        let err = toml::from_str::<RlConfig>("clip_coeff = 0.1").unwrap_err();
+        assert!(err.to_string().contains("clip_coeff"), "{err}");
+    }
+
+    #[test]
+    fn validate_lists_every_bad_key() {
+        let cfg = RlConfig {
+            gamma: 1.5,
+            num_minibatches: 0,
+            learning_rate: f64::NAN,
+            holdout_fraction: 1.0,
+            target_kl: Some(-1.0),
+            ..RlConfig::default()
+        };
+        let problems = cfg.problems();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "rl.gamma",
+                "rl.num_minibatches",
+                "rl.learning_rate",
+                "rl.target_kl",
+                "rl.holdout_fraction"
+            ]
+        );
+        assert!(
+            problems[0].ends_with("must be between 0.0 and 1.0, got 1.5"),
+            "{problems:?}"
+        );
+    }
+}

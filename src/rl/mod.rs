@@ -1,0 +1,35 @@
+//! Learning the agent's tool-selection policy with PPO from trace rewards.
+//!
+//! The pipeline of one training run ([`train`]):
+//! 1. [`transitions`] turns episodes into decisions (each tool call, and
+//!    "answer without a tool"), with rewards and a skip reason for bad ones;
+//! 2. [`features`] and [`batch`] hash states and actions into tensors;
+//! 3. behavior probabilities come from the trace, or else from the promoted
+//!    policy snapshot, and each source is counted;
+//! 4. [`ppo`] runs CleanRL-style PPO with [`gae`] advantages on the
+//!    [`policy`] networks with the [`optimizer`];
+//! 5. [`ope`] estimates the trained and the promoted policy's value on
+//!    held-out episodes, and the trained one is promoted only if not worse;
+//! 6. [`checkpoint`] saves weights, optimizer state and counters so the next
+//!    run continues; [`report`] writes `learned_policy.json`.
+//!
+//! [`act`] serves the promoted policy's action probabilities.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod features;
+pub mod gae;
+pub mod ope;
+pub mod optimizer;
+pub mod policy;
+pub mod ppo;
+pub mod report;
+pub mod rng;
+pub mod train;
+pub mod transitions;
+
+pub use config::{PromotionEstimator, RlConfig};
+pub use report::TrainReport;
+pub use train::{ActRequest, act, train};
+pub use transitions::NO_TOOL;

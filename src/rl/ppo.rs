@@ -1,0 +1,397 @@
+//! The PPO update, following CleanRL's `ppo.py` and "The 37 Implementation
+//! Details of PPO": GAE advantages from the current critic, shuffled
+//! minibatches over several epochs, per-minibatch advantage normalization,
+//! the clipped surrogate, the clipped value loss, an entropy bonus, global
+//! gradient-norm clipping, Adam, and an optional approximate-KL early stop.
+//!
+//! The data is logged, not collected by the learner, so the ratio's
+//! denominator is the behavior policy's probability of the logged action; the
+//! clip then keeps the learned policy near what was actually tried.
+
+use std::ops::Range;
+
+use anyhow::Result;
+use candle_core::{D, Device, Tensor};
+
+use super::batch::{ActionSpace, Batch};
+use super::config::RlConfig;
+use super::gae::gae;
+use super::optimizer::{Adam, clip_coefficient};
+use super::policy::PolicyNet;
+use super::rng::Rng;
+
+/// Everything PPO needs about the logged decisions.
+pub struct TrainingData {
+    pub space: ActionSpace,
+    pub batch: Batch,
+    /// log μ(a|s) of each logged action.
+    pub behavior_log_probs: Vec<f32>,
+    /// Reward of each decision.
+    pub rewards: Vec<f64>,
+    /// Rows of each episode, in decision order.
+    pub episodes: Vec<Range<usize>>,
+    /// Per episode: row in `bootstrap_states` when it was truncated.
+    pub bootstrap_rows: Vec<Option<usize>>,
+    /// States the truncated episodes were cut in, (T, state_dim); `None` when
+    /// no episode was truncated.
+    pub bootstrap_states: Option<Tensor>,
+}
+
+/// What one PPO iteration did, for the report (CleanRL's logged scalars).
+#[derive(Debug, Clone, Default)]
+pub struct IterationStats {
+    /// Epochs completed (fewer than configured after a KL early stop).
+    pub epochs: usize,
+    pub minibatch_updates: usize,
+    pub early_stopped: bool,
+    /// Of the last minibatch.
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    pub entropy: f64,
+    pub approx_kl: f64,
+    /// Mean over all minibatches of the fraction of clipped ratios.
+    pub clip_fraction: f64,
+    /// 1 - Var(returns - values) / Var(returns) before the update.
+    pub explained_variance: f64,
+    /// Raw (unnormalized) GAE advantages per decision.
+    pub advantages: Vec<f64>,
+}
+
+/// Scalar pieces of the PPO loss of one minibatch.
+pub struct Losses {
+    /// What gets differentiated.
+    pub total: Tensor,
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    pub entropy: f64,
+    pub approx_kl: f64,
+    pub clip_fraction: f64,
+}
+
+/// Inputs of the PPO loss for one minibatch, all shape (M).
+pub struct LossInputs<'a> {
+    pub new_log_probs: &'a Tensor,
+    pub old_log_probs: &'a Tensor,
+    /// Already normalized when `norm_adv` is on.
+    pub advantages: &'a Tensor,
+    pub new_values: &'a Tensor,
+    pub old_values: &'a Tensor,
+    pub returns: &'a Tensor,
+    pub entropy: &'a Tensor,
+}
+
+/// CleanRL's loss: `pg_loss - ent_coef * entropy + vf_coef * v_loss` with
+/// `pg_loss = mean(max(-A r, -A clip(r, 1-ε, 1+ε)))` and, when `clip_vloss`,
+/// `v_loss = 0.5 mean(max((V-R)², (V_old + clip(V-V_old, -ε, ε) - R)²))`.
+pub fn ppo_loss(inputs: &LossInputs, cfg: &RlConfig) -> Result<Losses> {
+    let clip = cfg.clip_coef;
+    let log_ratio = (inputs.new_log_probs - inputs.old_log_probs)?;
+    let ratio = log_ratio.exp()?;
+    let unclipped = (inputs.advantages.neg()? * &ratio)?;
+    let clipped = (inputs.advantages.neg()? * ratio.clamp(1.0 - clip, 1.0 + clip)?)?;
+    let policy_loss = unclipped.maximum(&clipped)?.mean_all()?;
+
+    let value_error = (inputs.new_values - inputs.returns)?.sqr()?;
+    let value_loss = if cfg.clip_vloss {
+        let delta = (inputs.new_values - inputs.old_values)?.clamp(-clip, clip)?;
+        let clipped_error = ((inputs.old_values + delta)? - inputs.returns)?.sqr()?;
+        (value_error.maximum(&clipped_error)?.mean_all()? * 0.5)?
+    } else {
+        (value_error.mean_all()? * 0.5)?
+    };
+    let entropy = inputs.entropy.mean_all()?;
+    let total = ((&policy_loss - (&entropy * cfg.ent_coef)?)? + (&value_loss * cfg.vf_coef)?)?;
+
+    let ratio_values = ratio.to_vec1::<f32>()?;
+    let log_ratio_values = log_ratio.to_vec1::<f32>()?;
+    let m = ratio_values.len().max(1) as f64;
+    let approx_kl = ratio_values
+        .iter()
+        .zip(&log_ratio_values)
+        .map(|(r, lr)| f64::from((r - 1.0) - lr))
+        .sum::<f64>()
+        / m;
+    let clip_fraction = ratio_values
+        .iter()
+        .filter(|r| (f64::from(**r) - 1.0).abs() > clip)
+        .count() as f64
+        / m;
+    Ok(Losses {
+        policy_loss: scalar(&policy_loss)?,
+        value_loss: scalar(&value_loss)?,
+        entropy: scalar(&entropy)?,
+        total,
+        approx_kl,
+        clip_fraction,
+    })
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(f64::from(t.to_scalar::<f32>()?))
+}
+
+/// Normalizes advantages to zero mean and unit (sample) standard deviation,
+/// as `(A - mean) / (std + 1e-8)`; a single advantage is left as is.
+pub fn normalize(advantages: &mut [f64]) {
+    let n = advantages.len();
+    if n < 2 {
+        return;
+    }
+    let mean = advantages.iter().sum::<f64>() / n as f64;
+    let var = advantages.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let std = var.sqrt();
+    advantages
+        .iter_mut()
+        .for_each(|a| *a = (*a - mean) / (std + 1e-8));
+}
+
+/// Entropy of each row of log-probabilities (masked entries contribute 0).
+pub fn entropy(log_probs: &Tensor) -> Result<Tensor> {
+    Ok((log_probs.exp()? * log_probs)?.sum(D::Minus1)?.neg()?)
+}
+
+/// Log-probability of each row's chosen column.
+pub fn chosen(log_probs: &Tensor, actions: &Tensor) -> Result<Tensor> {
+    Ok(log_probs.gather(&actions.unsqueeze(1)?, 1)?.squeeze(1)?)
+}
+
+/// One PPO iteration: advantages from the current critic, then
+/// `update_epochs` epochs of shuffled minibatch updates.
+pub fn iterate(
+    net: &PolicyNet,
+    adam: &mut Adam,
+    rng: &mut Rng,
+    data: &TrainingData,
+    cfg: &RlConfig,
+) -> Result<IterationStats> {
+    let n = data.batch.len();
+    let values: Vec<f64> = net
+        .values(&data.batch.states)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let bootstrap: Vec<f64> = match &data.bootstrap_states {
+        Some(states) => net
+            .values(states)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut advantages = vec![0.0; n];
+    let mut returns = vec![0.0; n];
+    for (rows, bootstrap_row) in data.episodes.iter().zip(&data.bootstrap_rows) {
+        let out = gae(
+            &data.rewards[rows.clone()],
+            &values[rows.clone()],
+            bootstrap_row.map(|row| bootstrap[row]),
+            cfg.gamma,
+            cfg.gae_lambda,
+        );
+        advantages[rows.clone()].copy_from_slice(&out.advantages);
+        returns[rows.clone()].copy_from_slice(&out.returns);
+    }
+    let mut stats = IterationStats {
+        explained_variance: explained_variance(&values, &returns),
+        ..IterationStats::default()
+    };
+
+    let minibatch_size = n.div_ceil(cfg.num_minibatches).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut clip_fractions = Vec::new();
+    for _ in 0..cfg.update_epochs {
+        rng.shuffle(&mut order);
+        for rows in order.chunks(minibatch_size) {
+            let gather_f32 = |source: &[f64]| -> Result<Tensor> {
+                let picked: Vec<f32> = rows.iter().map(|&r| source[r] as f32).collect();
+                Ok(Tensor::from_vec(picked, rows.len(), &Device::Cpu)?)
+            };
+            let mut minibatch_advantages: Vec<f64> = rows.iter().map(|&r| advantages[r]).collect();
+            if cfg.norm_adv {
+                normalize(&mut minibatch_advantages);
+            }
+            let minibatch_advantages: Vec<f32> =
+                minibatch_advantages.iter().map(|&a| a as f32).collect();
+            let index = Tensor::from_vec(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                rows.len(),
+                &Device::Cpu,
+            )?;
+            let (states, mask, actions) = data.batch.select(&index)?;
+            let log_probs = net.action_log_probs(&states, &data.space.features, &mask)?;
+            let old_log_probs: Vec<f32> =
+                rows.iter().map(|&r| data.behavior_log_probs[r]).collect();
+            let losses = ppo_loss(
+                &LossInputs {
+                    new_log_probs: &chosen(&log_probs, &actions)?,
+                    old_log_probs: &Tensor::from_vec(old_log_probs, rows.len(), &Device::Cpu)?,
+                    advantages: &Tensor::from_vec(minibatch_advantages, rows.len(), &Device::Cpu)?,
+                    new_values: &net.values(&states)?,
+                    old_values: &gather_f32(&values)?,
+                    returns: &gather_f32(&returns)?,
+                    entropy: &entropy(&log_probs)?,
+                },
+                cfg,
+            )?;
+            let grads = losses.total.backward()?;
+            let (_, scale) = clip_coefficient(net, &grads, cfg.max_grad_norm)?;
+            adam.step(net, &grads, scale)?;
+            stats.minibatch_updates += 1;
+            clip_fractions.push(losses.clip_fraction);
+            stats.policy_loss = losses.policy_loss;
+            stats.value_loss = losses.value_loss;
+            stats.entropy = losses.entropy;
+            stats.approx_kl = losses.approx_kl;
+        }
+        stats.epochs += 1;
+        if cfg.target_kl.is_some_and(|target| stats.approx_kl > target) {
+            stats.early_stopped = true;
+            break;
+        }
+    }
+    stats.clip_fraction = clip_fractions.iter().sum::<f64>() / clip_fractions.len().max(1) as f64;
+    stats.advantages = advantages;
+    Ok(stats)
+}
+
+fn explained_variance(values: &[f64], returns: &[f64]) -> f64 {
+    let variance = |xs: &mut dyn Iterator<Item = f64>| {
+        let xs: Vec<f64> = xs.collect();
+        let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len().max(1) as f64
+    };
+    let var_returns = variance(&mut returns.iter().copied());
+    if var_returns == 0.0 {
+        return f64::NAN;
+    }
+    1.0 - variance(&mut returns.iter().zip(values).map(|(r, v)| r - v)) / var_returns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn clipped_objective_matches_hand_computation() {
+        let cfg = RlConfig::default(); // ε = 0.2, ent 0.01, vf 0.5
+        // ratios 1.5 (A=+1, clipped to 1.2), 0.5 (A=+1, not clipped: min picks 0.5),
+        // 0.5 (A=-1, clipped to 0.8), 1.1 (A=-2, inside the band).
+        let ratios = [1.5f32, 0.5, 0.5, 1.1];
+        let old = [-1.0f32, -1.0, -2.0, -0.5];
+        let new: Vec<f32> = ratios.iter().zip(old).map(|(r, o)| r.ln() + o).collect();
+        let advantages = [1.0f32, 1.0, -1.0, -2.0];
+        // per-sample max(-A r, -A clip(r)):
+        //   max(-1.5, -1.2) = -1.2; max(-0.5, -0.8) = -0.5; max(0.5, 0.8) = 0.8; max(2.2, 2.2) = 2.2
+        let want_pg = (-1.2 - 0.5 + 0.8 + 2.2) / 4.0;
+        // values: new 1.0 vs old 0.5 (clipped to 0.7), return 0.0 -> max(1.0, 0.49) = 1.0
+        //         new 0.0 vs old 0.5 (clipped to 0.3), return 1.0 -> max(1.0, 0.49) = 1.0
+        //         new 0.6 vs old 0.5 (inside), return 0.6            -> 0
+        //         new 0.0 vs old 1.0 (clipped to 0.8), return 0.0 -> max(0, 0.64) = 0.64
+        let want_v = 0.5 * (1.0 + 1.0 + 0.0 + 0.64) / 4.0;
+        let entropy = [1.0f32, 0.5, 0.5, 0.0];
+        let losses = ppo_loss(
+            &LossInputs {
+                new_log_probs: &t(&new),
+                old_log_probs: &t(&old),
+                advantages: &t(&advantages),
+                new_values: &t(&[1.0, 0.0, 0.6, 0.0]),
+                old_values: &t(&[0.5, 0.5, 0.5, 1.0]),
+                returns: &t(&[0.0, 1.0, 0.6, 0.0]),
+                entropy: &t(&entropy),
+            },
+            &cfg,
+        )
+        .unwrap();
+        assert!(
+            (losses.policy_loss - want_pg).abs() < 1e-5,
+            "{} vs {want_pg}",
+            losses.policy_loss
+        );
+        assert!(
+            (losses.value_loss - want_v).abs() < 1e-5,
+            "{} vs {want_v}",
+            losses.value_loss
+        );
+        assert!((losses.entropy - 0.5).abs() < 1e-6);
+        let total = f64::from(losses.total.to_scalar::<f32>().unwrap());
+        assert!((total - (want_pg - 0.01 * 0.5 + 0.5 * want_v)).abs() < 1e-5);
+        assert_eq!(losses.clip_fraction, 0.75);
+        // approx KL = mean((r - 1) - ln r)
+        let want_kl = ratios
+            .iter()
+            .map(|r| f64::from(*r - 1.0) - f64::from(*r).ln())
+            .sum::<f64>()
+            / 4.0;
+        assert!((losses.approx_kl - want_kl).abs() < 1e-5);
+
+        let unclipped_v = RlConfig {
+            clip_vloss: false,
+            ..RlConfig::default()
+        };
+        let losses = ppo_loss(
+            &LossInputs {
+                new_log_probs: &t(&new),
+                old_log_probs: &t(&old),
+                advantages: &t(&advantages),
+                new_values: &t(&[1.0, 0.0, 0.6, 0.0]),
+                old_values: &t(&[0.5, 0.5, 0.5, 1.0]),
+                returns: &t(&[0.0, 1.0, 0.6, 0.0]),
+                entropy: &t(&entropy),
+            },
+            &unclipped_v,
+        )
+        .unwrap();
+        assert!((losses.value_loss - 0.5 * 2.0 / 4.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipped_surrogate_has_no_gradient_outside_the_band() {
+        let cfg = RlConfig::default();
+        let new = candle_core::Var::new(&[1.5f32.ln(), 1.1f32.ln()], &Device::Cpu).unwrap();
+        let zeros = t(&[0.0, 0.0]);
+        let losses = ppo_loss(
+            &LossInputs {
+                new_log_probs: new.as_tensor(),
+                old_log_probs: &zeros,
+                advantages: &t(&[1.0, 1.0]),
+                new_values: &zeros,
+                old_values: &zeros,
+                returns: &zeros,
+                entropy: &zeros,
+            },
+            &cfg,
+        )
+        .unwrap();
+        let grad = losses
+            .total
+            .backward()
+            .unwrap()
+            .get(&new)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // d/dlogp of -A r / 2 = -r / 2 inside the band; 0 once clipped.
+        assert_eq!(grad[0], 0.0);
+        assert!((grad[1] + 1.1 / 2.0).abs() < 1e-5, "{grad:?}");
+    }
+
+    #[test]
+    fn normalization_and_entropy() {
+        let mut a = [1.0, 2.0, 3.0];
+        normalize(&mut a);
+        assert!((a[0] + 1.0).abs() < 1e-7 && a[1].abs() < 1e-12 && (a[2] - 1.0).abs() < 1e-7);
+        let mut single = [5.0];
+        normalize(&mut single);
+        assert_eq!(single, [5.0]);
+        let log_probs = Tensor::new(&[[0.5f32.ln(), 0.5f32.ln(), -1e9]], &Device::Cpu).unwrap();
+        let h = entropy(&log_probs).unwrap().to_vec1::<f32>().unwrap();
+        assert!((h[0] - std::f32::consts::LN_2).abs() < 1e-6, "{h:?}");
+        assert!((explained_variance(&[1.0, 2.0], &[1.0, 2.0]) - 1.0).abs() < 1e-12);
+    }
+}

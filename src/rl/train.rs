@@ -1,0 +1,495 @@
+//! The two entry points: [`train`] (one training run over logged episodes,
+//! resuming the checkpoint, gated promotion, report) and [`act`] (the
+//! promoted policy's action probabilities for one state).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+
+use super::batch::{ActionSpace, Batch, states_tensor};
+use super::checkpoint::{self, Checkpoint, TrainingState};
+use super::config::RlConfig;
+use super::features::{FeatureSpec, State, stable_hash};
+use super::ope::{self, LoggedStep};
+use super::optimizer::Adam;
+use super::policy::{Architecture, PolicyNet};
+use super::ppo::{self, IterationStats, TrainingData};
+use super::report::{
+    self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
+    Promotion, TrainReport, TrainingSummary,
+};
+use super::rng::Rng;
+use super::transitions::{Decision, Ending, EpisodeDecisions, extract};
+use crate::trace::Episode;
+
+/// Behavior probabilities below this are raised to it, so a log never sees 0.
+const MIN_BEHAVIOR_PROBABILITY: f64 = 1e-6;
+
+/// File name of the promoted policy's weights in the output directory.
+pub const POLICY_FILE: &str = "policy.safetensors";
+
+/// Runs one training run: turns `episodes` into decisions, continues the
+/// learner in `checkpoint_dir` (or starts one there) for
+/// `rl.iterations_per_run` PPO iterations, evaluates it off-policy against the
+/// promoted policy on held-out episodes, promotes it if not worse, saves the
+/// checkpoint, and writes `learned_policy.json` and `policy.safetensors` (the
+/// policy in effect after the run) to `out_dir`.
+pub fn train(
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+) -> Result<TrainReport> {
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        bail!("invalid configuration: {}", problems.join("; "));
+    }
+    let architecture = Architecture {
+        features: FeatureSpec {
+            text_hash_dim: cfg.text_hash_dim,
+            action_hash_dim: cfg.action_hash_dim,
+        },
+        hidden_dim: cfg.hidden_dim,
+    };
+    let spec = architecture.features;
+    let (mut checkpoint, resumed) = match checkpoint::load(
+        checkpoint_dir,
+        architecture,
+        cfg.learning_rate,
+        cfg.adam_eps,
+    )? {
+        Some(checkpoint) => (checkpoint, true),
+        None => (fresh(architecture, cfg)?, false),
+    };
+    checkpoint.adam.learning_rate = cfg.learning_rate;
+    checkpoint.adam.eps = cfg.adam_eps;
+    let mut rng = Rng::new(checkpoint.state.rng_state);
+
+    let extraction = extract(episodes, cfg);
+    checkpoint
+        .state
+        .tools
+        .extend(extraction.tools.iter().cloned());
+    let space = ActionSpace::new(&checkpoint.state.tools, spec)?;
+    let (held_out, training): (Vec<&EpisodeDecisions>, Vec<&EpisodeDecisions>) =
+        extraction.episodes.iter().partition(|e| {
+            ((stable_hash(cfg.seed, &e.trace_id) >> 11) as f64 / (1u64 << 53) as f64)
+                < cfg.holdout_fraction
+        });
+
+    let mut behavior = BehaviorSource {
+        trace: 0,
+        policy_snapshot: 0,
+        snapshot_policy_version: checkpoint.state.promoted_version,
+    };
+    let train_data = training_data(&training, &space, spec, &checkpoint.promoted, &mut behavior)?;
+    let held_out_data =
+        training_data(&held_out, &space, spec, &checkpoint.promoted, &mut behavior)?;
+
+    let mut runs: Vec<IterationStats> = Vec::new();
+    if !train_data.batch.is_empty() {
+        for iteration in 0..cfg.iterations_per_run {
+            let stats = ppo::iterate(
+                &checkpoint.learner,
+                &mut checkpoint.adam,
+                &mut rng,
+                &train_data,
+                cfg,
+            )?;
+            tracing::info!(
+                iteration = iteration + 1,
+                of = cfg.iterations_per_run,
+                value_loss = stats.value_loss,
+                approx_kl = stats.approx_kl,
+                clip_fraction = stats.clip_fraction,
+                "rl: PPO iteration done"
+            );
+            runs.push(stats);
+        }
+    }
+
+    let evaluation = if held_out_data.batch.is_empty() {
+        None
+    } else {
+        Some(evaluate(
+            &held_out_data,
+            &checkpoint.promoted,
+            &checkpoint.learner,
+            cfg,
+        )?)
+    };
+    let promotion = decide(
+        cfg,
+        runs.is_empty(),
+        held_out.is_empty(),
+        evaluation.as_ref(),
+        checkpoint.state.promoted_version,
+    );
+    if promotion.promoted {
+        checkpoint.promoted = checkpoint.learner.snapshot()?;
+        checkpoint.state.promoted_version += 1;
+    }
+    let promotion = Promotion {
+        policy_version: checkpoint.state.promoted_version,
+        ..promotion
+    };
+
+    let (actions, policy_entropy) =
+        summarize_actions(&train_data, &checkpoint.learner, runs.last())?;
+    let state = &mut checkpoint.state;
+    state.runs += 1;
+    state.iterations += runs.len() as u64;
+    state.epochs += runs.iter().map(|r| r.epochs as u64).sum::<u64>();
+    state.minibatch_updates += runs.iter().map(|r| r.minibatch_updates as u64).sum::<u64>();
+    state.decisions_trained += if runs.is_empty() {
+        0
+    } else {
+        train_data.batch.len() as u64
+    };
+    state.rng_state = rng.state();
+    checkpoint::save(checkpoint_dir, &mut checkpoint)?;
+
+    let last = runs.last().cloned().unwrap_or_default();
+    let state = &checkpoint.state;
+    let report = TrainReport {
+        format_version: 1,
+        resumed_from_checkpoint: resumed,
+        episodes: EpisodeCounts {
+            received: episodes.len(),
+            used: extraction.episodes.len(),
+            training: training.len(),
+            held_out: held_out.len(),
+            training_decisions: train_data.batch.len(),
+            skipped: extraction
+                .skipped
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), *n))
+                .collect(),
+        },
+        behavior_probability_source: behavior,
+        training: TrainingSummary {
+            iterations: runs.len(),
+            epochs: runs.iter().map(|r| r.epochs).sum(),
+            minibatch_updates: runs.iter().map(|r| r.minibatch_updates).sum(),
+            kl_early_stops: runs.iter().filter(|r| r.early_stopped).count(),
+            policy_loss: last.policy_loss,
+            value_loss: last.value_loss,
+            entropy: last.entropy,
+            approx_kl: last.approx_kl,
+            clip_fraction: last.clip_fraction,
+            explained_variance: last.explained_variance,
+            total_runs: state.runs,
+            total_iterations: state.iterations,
+            total_epochs: state.epochs,
+            total_minibatch_updates: state.minibatch_updates,
+        },
+        policy_entropy,
+        actions,
+        off_policy_evaluation: evaluation,
+        promotion,
+    };
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    checkpoint.promoted.save(&out_dir.join(POLICY_FILE))?;
+    report::write(out_dir, &report)?;
+    Ok(report)
+}
+
+/// A new learner with the initial policy as the promoted version 0.
+pub fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
+    let mut rng = Rng::new(cfg.seed);
+    let learner = PolicyNet::init(architecture, &mut rng)?;
+    let promoted = learner.snapshot()?;
+    let adam = Adam::new(&learner, cfg.learning_rate, cfg.adam_eps)?;
+    Ok(Checkpoint {
+        state: TrainingState::new(architecture, rng.state()),
+        learner,
+        adam,
+        promoted,
+    })
+}
+
+/// Featurizes episodes and resolves behavior probabilities: the logged one
+/// when the trace has it, else the `snapshot` policy's (counted in `behavior`).
+pub fn training_data(
+    episodes: &[&EpisodeDecisions],
+    space: &ActionSpace,
+    spec: FeatureSpec,
+    snapshot: &PolicyNet,
+    behavior: &mut BehaviorSource,
+) -> Result<TrainingData> {
+    let decisions: Vec<&Decision> = episodes.iter().flat_map(|e| &e.decisions).collect();
+    let batch = Batch::new(&decisions, space, spec)?;
+    let snapshot_probabilities = chosen_probabilities(snapshot, &batch, space)?;
+    let mut behavior_log_probs = Vec::with_capacity(decisions.len());
+    for (decision, snapshot_probability) in decisions.iter().zip(snapshot_probabilities) {
+        let probability = match decision.logged_probability {
+            Some(p) => {
+                behavior.trace += 1;
+                p
+            }
+            None => {
+                behavior.policy_snapshot += 1;
+                snapshot_probability
+            }
+        };
+        behavior_log_probs.push(probability.max(MIN_BEHAVIOR_PROBABILITY).ln() as f32);
+    }
+    let mut ranges = Vec::with_capacity(episodes.len());
+    let mut bootstrap_rows = Vec::with_capacity(episodes.len());
+    let mut cut_states: Vec<&State> = Vec::new();
+    let mut start = 0;
+    for episode in episodes {
+        ranges.push(start..start + episode.decisions.len());
+        start += episode.decisions.len();
+        bootstrap_rows.push(match &episode.ending {
+            Ending::Terminal => None,
+            Ending::Truncated(state) => {
+                cut_states.push(state);
+                Some(cut_states.len() - 1)
+            }
+        });
+    }
+    let bootstrap_states = if cut_states.is_empty() {
+        None
+    } else {
+        Some(states_tensor(cut_states.into_iter(), spec)?)
+    };
+    Ok(TrainingData {
+        rewards: decisions.iter().map(|d| d.reward).collect(),
+        space: space.clone(),
+        batch,
+        behavior_log_probs,
+        episodes: ranges,
+        bootstrap_rows,
+        bootstrap_states,
+    })
+}
+
+/// π(a|s) of each row's chosen action under `net`.
+fn chosen_probabilities(net: &PolicyNet, batch: &Batch, space: &ActionSpace) -> Result<Vec<f64>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let log_probs = net.action_log_probs(&batch.states, &space.features, &batch.mask)?;
+    Ok(ppo::chosen(&log_probs, &batch.actions)?
+        .exp()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// IPS/SNIPS of the current and the candidate policy on held-out data.
+fn evaluate(
+    data: &TrainingData,
+    current: &PolicyNet,
+    candidate: &PolicyNet,
+    cfg: &RlConfig,
+) -> Result<OffPolicyEvaluation> {
+    let logged = |net: &PolicyNet| -> Result<Vec<Vec<LoggedStep>>> {
+        let target = chosen_probabilities(net, &data.batch, &data.space)?;
+        Ok(data
+            .episodes
+            .iter()
+            .map(|rows| {
+                rows.clone()
+                    .map(|row| LoggedStep {
+                        target_probability: target[row],
+                        behavior_probability: f64::from(data.behavior_log_probs[row]).exp(),
+                        reward: data.rewards[row],
+                    })
+                    .collect()
+            })
+            .collect())
+    };
+    let estimate = |net: &PolicyNet| -> Result<(PolicyEstimate, f64)> {
+        let steps = logged(net)?;
+        let e = ope::estimate(&steps, cfg.gamma, cfg.importance_weight_clip);
+        Ok((
+            PolicyEstimate {
+                ips: e.ips,
+                snips: e.snips,
+                effective_sample_size: e.effective_sample_size,
+            },
+            ope::logged_value(&steps, cfg.gamma),
+        ))
+    };
+    let (current, logging_policy_value) = estimate(current)?;
+    let (candidate, _) = estimate(candidate)?;
+    Ok(OffPolicyEvaluation {
+        held_out_episodes: data.episodes.len(),
+        held_out_decisions: data.batch.len(),
+        importance_weight_clip: cfg.importance_weight_clip,
+        logging_policy_value,
+        current,
+        candidate,
+    })
+}
+
+/// Whether the trained policy replaces the promoted one, and why.
+fn decide(
+    cfg: &RlConfig,
+    untrained: bool,
+    nothing_held_out: bool,
+    evaluation: Option<&OffPolicyEvaluation>,
+    version: u64,
+) -> Promotion {
+    let promotion = |promoted: bool, reason: String| Promotion {
+        promoted,
+        reason,
+        estimator: cfg.promotion_estimator.as_str().to_string(),
+        margin: cfg.promotion_margin,
+        policy_version: version,
+    };
+    if untrained {
+        return promotion(
+            false,
+            "no training decisions: the promoted policy is unchanged".into(),
+        );
+    }
+    if cfg.holdout_fraction == 0.0 {
+        return promotion(
+            true,
+            "off-policy evaluation is off (rl.holdout_fraction = 0): promoted unchecked".into(),
+        );
+    }
+    let Some(evaluation) = evaluation.filter(|_| !nothing_held_out) else {
+        return promotion(
+            false,
+            "no held-out episodes to evaluate the candidate on: not promoted".into(),
+        );
+    };
+    let pick = |e: &PolicyEstimate| match cfg.promotion_estimator {
+        super::config::PromotionEstimator::Ips => e.ips,
+        super::config::PromotionEstimator::Snips => e.snips,
+    };
+    let (candidate, current) = (pick(&evaluation.candidate), pick(&evaluation.current));
+    if candidate >= current - cfg.promotion_margin {
+        promotion(
+            true,
+            format!(
+                "candidate estimate {candidate:.4} >= current {current:.4} - margin {}",
+                cfg.promotion_margin
+            ),
+        )
+    } else {
+        promotion(
+            false,
+            format!(
+                "candidate estimate {candidate:.4} < current {current:.4} - margin {}",
+                cfg.promotion_margin
+            ),
+        )
+    }
+}
+
+/// Per-action statistics and the trained policy's mean entropy.
+fn summarize_actions(
+    data: &TrainingData,
+    net: &PolicyNet,
+    last: Option<&IterationStats>,
+) -> Result<(BTreeMap<String, ActionSummary>, f64)> {
+    let n = data.batch.len();
+    let columns = data.space.names.len();
+    let mut counts = vec![0usize; columns];
+    let mut advantage_sums = vec![0.0f64; columns];
+    for (row, &column) in data.batch.action_columns.iter().enumerate() {
+        counts[column] += 1;
+        if let Some(stats) = last {
+            advantage_sums[column] += stats.advantages[row];
+        }
+    }
+    let mut mean_probability = vec![0.0f64; columns];
+    let mut greedy = vec![0usize; columns];
+    let mut entropy = f64::NAN;
+    if n > 0 {
+        let log_probs =
+            net.action_log_probs(&data.batch.states, &data.space.features, &data.batch.mask)?;
+        entropy = f64::from(ppo::entropy(&log_probs)?.mean_all()?.to_scalar::<f32>()?);
+        for row in log_probs.exp()?.to_vec2::<f32>()? {
+            for (column, p) in row.iter().enumerate() {
+                mean_probability[column] += f64::from(*p) / n as f64;
+            }
+            greedy[argmax(&row)] += 1;
+        }
+    }
+    let actions = data
+        .space
+        .names
+        .iter()
+        .enumerate()
+        .map(|(column, name)| {
+            let summary = ActionSummary {
+                count: counts[column],
+                usage_frequency: counts[column] as f64 / n.max(1) as f64,
+                average_advantage: (counts[column] > 0 && last.is_some())
+                    .then(|| advantage_sums[column] / counts[column] as f64),
+                learned_probability: mean_probability[column],
+                greedy_frequency: greedy[column] as f64 / n.max(1) as f64,
+            };
+            (name.clone(), summary)
+        })
+        .collect();
+    Ok((actions, entropy))
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
+}
+
+/// The state `act` scores actions in.
+#[derive(Debug, Clone, Default)]
+pub struct ActRequest {
+    /// The task text.
+    pub input: String,
+    /// The tool chosen at the previous decision, if any.
+    pub previous_tool: Option<String>,
+    /// Whether that tool call failed.
+    pub previous_tool_error: bool,
+    /// Decisions made so far in this episode.
+    pub step_index: usize,
+    /// Tools available now; empty means every tool the policy knows.
+    pub tools: Vec<String>,
+}
+
+/// The promoted policy's probability for each available action (including
+/// answering without a tool), most likely first.
+pub fn act(checkpoint_dir: &Path, request: &ActRequest) -> Result<Vec<(String, f64)>> {
+    let (state, policy) = checkpoint::load_promoted(checkpoint_dir)?;
+    let spec = state.architecture().features;
+    let tools = if request.tools.is_empty() {
+        state.tools.clone()
+    } else {
+        request.tools.iter().cloned().collect()
+    };
+    let space = ActionSpace::new(&tools, spec)?;
+    let query = State {
+        input: request.input.clone(),
+        previous_tool: request.previous_tool.clone(),
+        previous_tool_error: request.previous_tool_error,
+        step_index: request.step_index,
+    };
+    let states = states_tensor(std::iter::once(&query), spec)?;
+    let mask = Tensor::zeros(
+        (1, space.names.len()),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    let probabilities = policy
+        .action_log_probs(&states, &space.features, &mask)?
+        .exp()?
+        .squeeze(0)?
+        .to_vec1::<f32>()?;
+    let mut out: Vec<(String, f64)> = space
+        .names
+        .into_iter()
+        .zip(probabilities.into_iter().map(f64::from))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
+}

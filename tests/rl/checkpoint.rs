@@ -1,0 +1,166 @@
+//! Training state survives restarts: a run continues the previous one
+//! exactly, and an inconsistent checkpoint is an error, never a fresh start.
+
+use std::path::Path;
+
+use whetstone::rl::checkpoint::read_state;
+use whetstone::rl::{RlConfig, train};
+use whetstone::trace::{Episode, StepKind};
+
+use crate::synthetic;
+
+/// Episodes whose every decision has a logged behavior probability, so
+/// training does not depend on which policy is promoted.
+fn logged_episodes() -> Vec<Episode> {
+    synthetic::episodes(160, 5)
+        .into_iter()
+        .filter(|e| e.steps.iter().any(|s| s.kind == StepKind::Tool))
+        .collect()
+}
+
+fn learner_hash(dir: &Path) -> String {
+    let state = read_state(dir).unwrap().unwrap();
+    state
+        .files
+        .iter()
+        .find(|(name, _)| name.starts_with("learner-"))
+        .unwrap()
+        .1
+        .clone()
+}
+
+#[test]
+fn two_runs_equal_one_run_of_twice_the_iterations() {
+    let episodes = logged_episodes();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RlConfig {
+        iterations_per_run: 2,
+        ..RlConfig::default()
+    };
+    let first = train(
+        &episodes,
+        &cfg,
+        &tmp.path().join("out"),
+        &tmp.path().join("split"),
+    )
+    .unwrap();
+    assert!(!first.resumed_from_checkpoint);
+    let second = train(
+        &episodes,
+        &cfg,
+        &tmp.path().join("out"),
+        &tmp.path().join("split"),
+    )
+    .unwrap();
+    assert!(second.resumed_from_checkpoint);
+    assert_eq!(second.training.total_runs, 2);
+    assert_eq!(second.training.total_iterations, 4);
+    assert_eq!(
+        second.training.total_minibatch_updates,
+        2 * first.training.total_minibatch_updates
+    );
+    let state = read_state(&tmp.path().join("split")).unwrap().unwrap();
+    assert_eq!(state.adam_step, second.training.total_minibatch_updates);
+
+    let once = RlConfig {
+        iterations_per_run: 4,
+        ..RlConfig::default()
+    };
+    train(
+        &episodes,
+        &once,
+        &tmp.path().join("out"),
+        &tmp.path().join("once"),
+    )
+    .unwrap();
+    assert_eq!(
+        learner_hash(&tmp.path().join("split")),
+        learner_hash(&tmp.path().join("once"))
+    );
+    // The old generation's files were cleaned up.
+    let files = std::fs::read_dir(tmp.path().join("split")).unwrap().count();
+    assert_eq!(files, 4, "state.json and three weight files");
+}
+
+#[test]
+fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
+    let episodes = logged_episodes();
+    let cfg = RlConfig {
+        iterations_per_run: 1,
+        ..RlConfig::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let dir = tmp.path().join("rl");
+    train(&episodes, &cfg, &out, &dir).unwrap();
+
+    let bigger = RlConfig {
+        hidden_dim: 32,
+        ..cfg.clone()
+    };
+    let err = format!("{:#}", train(&episodes, &bigger, &out, &dir).unwrap_err());
+    assert!(
+        err.contains("rl.hidden_dim is 32 but the checkpoint has 64"),
+        "{err}"
+    );
+
+    let state = read_state(&dir).unwrap().unwrap();
+    let learner = state
+        .files
+        .keys()
+        .find(|n| n.starts_with("learner-"))
+        .unwrap();
+    let mut bytes = std::fs::read(dir.join(learner)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(dir.join(learner), &bytes).unwrap();
+    let err = format!("{:#}", train(&episodes, &cfg, &out, &dir).unwrap_err());
+    assert!(err.contains("SHA-256"), "{err}");
+
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    let err = format!("{:#}", train(&episodes, &cfg, &out, &dir).unwrap_err());
+    assert!(err.contains("refusing to start training over"), "{err}");
+}
+
+#[test]
+fn bad_episodes_are_counted_in_the_report() {
+    let mut episodes = logged_episodes();
+    let mut no_reward = episodes[0].clone();
+    no_reward.rewards.clear();
+    let mut nan_reward = episodes[1].clone();
+    nan_reward.rewards.insert("correct".into(), f64::NAN);
+    let mut unknown_tool = episodes[2].clone();
+    unknown_tool.steps[1].name = "format_disk".into();
+    let mut empty = episodes[3].clone();
+    empty.steps.clear();
+    episodes.extend([no_reward, nan_reward, unknown_tool, empty]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RlConfig {
+        iterations_per_run: 1,
+        ..RlConfig::default()
+    };
+    let report = train(
+        &episodes,
+        &cfg,
+        &tmp.path().join("out"),
+        &tmp.path().join("rl"),
+    )
+    .unwrap();
+    let skipped: Vec<(&str, usize)> = report
+        .episodes
+        .skipped
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("no_actions", 1),
+            ("no_rewards", 1),
+            ("non_finite_reward", 1),
+            ("undeclared_tool", 1)
+        ]
+    );
+    assert_eq!(report.episodes.used, episodes.len() - 4);
+    assert!(!report.actions.contains_key("format_disk"));
+}
