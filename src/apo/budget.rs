@@ -3,10 +3,13 @@
 //! A call is admitted only while both caps have room, and the call count is
 //! reserved before the request goes out, so concurrent calls can never push
 //! the count past `max_llm_calls`. Tokens are known only after a response, so
-//! the token cap stops new calls once reached; calls already in flight when
-//! it is reached may finish.
+//! the token cap stops new calls once reached. The token check happens once a
+//! call holds one of `max_in_flight` slots, so at most that many calls can
+//! overshoot the token cap.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Semaphore;
 
 use crate::llm::{ChatReply, ChatRequest, LlmClient, LlmError};
 
@@ -17,6 +20,7 @@ pub struct Budget {
     max_tokens: u64,
     calls: AtomicU64,
     tokens: AtomicU64,
+    in_flight: Semaphore,
 }
 
 /// Why a budgeted call produced no reply.
@@ -29,13 +33,14 @@ pub enum CallError {
 }
 
 impl Budget {
-    /// Caps for one run.
-    pub fn new(max_calls: u64, max_tokens: u64) -> Self {
+    /// Caps for one run; `max_in_flight` is the client's concurrency limit.
+    pub fn new(max_calls: u64, max_tokens: u64, max_in_flight: usize) -> Self {
         Budget {
             max_calls,
             max_tokens,
             calls: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
+            in_flight: Semaphore::new(max_in_flight.max(1)),
         }
     }
 
@@ -62,6 +67,11 @@ impl Budget {
 
     /// Sends `req` if the caps allow, charging its call and tokens.
     pub async fn chat(&self, llm: &LlmClient, req: &ChatRequest) -> Result<ChatReply, CallError> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         if self.tokens.load(Ordering::SeqCst) >= self.max_tokens {
             return Err(CallError::Budget("apo.budget.max_tokens reached"));
         }

@@ -217,7 +217,11 @@ pub async fn run(
         );
     }
 
-    let budget = Budget::new(cfg.budget.max_llm_calls, cfg.budget.max_tokens);
+    let budget = Budget::new(
+        cfg.budget.max_llm_calls,
+        cfg.budget.max_tokens,
+        llm.settings().max_concurrency,
+    );
     let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens);
     let rewriter = Rewriter {
         llm,
