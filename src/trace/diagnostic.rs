@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
+
+use super::episode::Source;
+
 /// Why a line, document or trace was rejected. The `as_str` codes are stable:
 /// they appear in `traces stats`, the rejects table and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,4 +93,30 @@ impl fmt::Display for Diagnostic {
             self.detail
         )
     }
+}
+
+/// Deserializes one record, turning a failure into a diagnostic that names
+/// the field path (`steps[2].kind`) for wrong types and says `invalid_json`
+/// for syntax errors such as truncation.
+pub(super) fn decode_json<T: DeserializeOwned>(
+    bytes: &[u8],
+    source: &Source,
+    what: &str,
+) -> Result<T, Diagnostic> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let reason = if inner.is_data() {
+            Reason::InvalidField
+        } else {
+            Reason::InvalidJson
+        };
+        Diagnostic::new(
+            &source.file,
+            source.line,
+            reason,
+            format!("{what} field `{path}`: {inner}"),
+        )
+    })
 }

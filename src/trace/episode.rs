@@ -69,6 +69,7 @@ impl TraceFormat {
 
 /// Which prompt the agent used. Any part may be unknown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PromptRef {
     pub name: Option<String>,
     pub version: Option<String>,
@@ -137,11 +138,13 @@ pub struct RequestedToolCall {
     pub id: Option<String>,
     pub name: String,
     /// Arguments as the model wrote them (usually a JSON object).
+    #[serde(default)]
     pub arguments: serde_json::Value,
 }
 
 /// Details of an LLM call step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LlmCall {
     pub input_messages: Vec<Message>,
     pub output_text: Option<String>,
@@ -154,6 +157,7 @@ pub struct LlmCall {
 
 /// Details of a tool execution step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ToolCall {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_id: Option<String>,
@@ -175,6 +179,7 @@ pub struct PolicyChoice {
 
 /// Token counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,

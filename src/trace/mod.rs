@@ -6,13 +6,21 @@
 //! Formats are detected per line, so a file that mixes formats, or has a
 //! garbage line between good ones, loses only the bad lines.
 
+mod agentlightning;
+mod assemble;
 mod diagnostic;
 mod episode;
+mod jsonl;
+mod otlp;
 mod span;
 
 pub use diagnostic::{Diagnostic, Reason};
 pub use episode::*;
 pub use span::{Span, SpanEvent};
+
+use std::collections::BTreeMap;
+
+use serde::de::IgnoredAny;
 
 /// What one line (or one whole-file document) of a trace file holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,33 +37,106 @@ pub enum Record {
 /// `line` excludes the line terminator; `source` names the file and 1-based
 /// line number for diagnostics and for the records produced.
 pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
-    let _ = (line, source);
-    todo!()
+    let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
+    let text = std::str::from_utf8(line).map_err(|err| {
+        fail(
+            Reason::NotUtf8,
+            format!(
+                "not UTF-8 text: invalid byte at offset {}",
+                err.valid_up_to()
+            ),
+        )
+    })?;
+    // The common case, an OTLP request, is recognized from its first key
+    // without a second parse; otherwise sniff the top-level keys (values are
+    // skipped, not built).
+    if matches!(first_key(text), Some("resourceSpans" | "resource_spans")) {
+        return otlp::parse_request(line, source).map(Record::Spans);
+    }
+    let keys: BTreeMap<String, IgnoredAny> = match serde_json::from_str(text) {
+        Ok(keys) => keys,
+        Err(err) if err.is_data() => {
+            return Err(fail(
+                Reason::UnknownFormat,
+                "expected a JSON object per line".into(),
+            ));
+        }
+        Err(err) => return Err(fail(Reason::InvalidJson, err.to_string())),
+    };
+    let has = |key: &str| keys.contains_key(key);
+    if has("resourceSpans") || has("resource_spans") {
+        return otlp::parse_request(line, source).map(Record::Spans);
+    }
+    if has("whetstone") || has("steps") {
+        return jsonl::parse_episode(line, source).map(|e| Record::Episode(Box::new(e)));
+    }
+    if has("span_id") && has("trace_id") {
+        return agentlightning::parse_span(line, source).map(|s| Record::Spans(vec![s]));
+    }
+    let mut names: Vec<&str> = keys.keys().map(String::as_str).take(6).collect();
+    names.sort_unstable();
+    Err(fail(
+        Reason::UnknownFormat,
+        format!(
+            "JSON object with keys [{}] is not OTLP (resourceSpans), a Whetstone episode (steps) or an agent-lightning span (span_id, trace_id)",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// The first key of a JSON object, when it is a plain (unescaped) string.
+fn first_key(text: &str) -> Option<&str> {
+    let rest = text
+        .trim_start()
+        .strip_prefix('{')?
+        .trim_start()
+        .strip_prefix('"')?;
+    let end = rest.find(['"', '\\'])?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
 }
 
 /// Whether a file holds one multi-line JSON document (e.g. a pretty-printed
 /// protobuf `MessageToJson` request) rather than one record per line.
 ///
 /// `head` is the start of the file; it is a document when its first non-blank
-/// line is not a complete JSON value on its own but opens a JSON object.
+/// line opens a JSON object but is not a complete JSON value on its own.
 pub fn is_document(head: &[u8]) -> bool {
-    let _ = head;
-    todo!()
+    let Some(first) = head
+        .split(|&b| b == b'\n')
+        .find(|l| !l.trim_ascii().is_empty())
+    else {
+        return false;
+    };
+    let first = first.trim_ascii();
+    first.starts_with(b"{") && serde_json::from_slice::<serde::de::IgnoredAny>(first).is_err() && {
+        // A single long line that was cut by `head` is not a document.
+        head.contains(&b'\n')
+    }
 }
 
 /// Parses a whole file as one JSON document (an OTLP export request).
 pub fn parse_document(bytes: &[u8], file: &str) -> Result<Record, Diagnostic> {
-    let _ = (bytes, file);
-    todo!()
+    let line = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(1, |pos| {
+            1 + bytes[..pos].iter().filter(|&&b| b == b'\n').count() as u64
+        });
+    parse_line(
+        bytes,
+        &Source {
+            file: file.to_string(),
+            line,
+        },
+    )
 }
 
 /// Builds one episode from all spans of one trace (any order).
 ///
 /// The root span (no parent) gives the episode's status, timing and, where
 /// present, its prompt identity and rewards; LLM and tool spans become steps
-/// ordered by start time. Fails when no span is recognizable as an LLM call,
-/// tool execution or agent run.
+/// ordered by start time. Fails with [`Reason::NoEpisode`] when no span is
+/// recognizable as an LLM call, tool execution, agent run or reward.
 pub fn assemble(spans: Vec<Span>) -> Result<Episode, Diagnostic> {
-    let _ = spans;
-    todo!()
+    assemble::assemble(spans)
 }
