@@ -29,10 +29,12 @@ fn config() -> ApoConfig {
 }
 
 fn client(server: &TestServer) -> LlmClient {
-    LlmClient::new(server.settings()).unwrap().with_backoff(Backoff {
-        base: Duration::from_millis(5),
-        max: Duration::from_millis(50),
-    })
+    LlmClient::new(server.settings())
+        .unwrap()
+        .with_backoff(Backoff {
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+        })
 }
 
 async fn run_apo(
@@ -69,7 +71,10 @@ async fn apo_raises_validation_score_above_baseline_and_writes_outputs() {
     );
     let best = std::fs::read_to_string(out.path().join("best_prompt.txt")).unwrap();
     let lower = best.to_lowercase();
-    assert!(lower.contains(support::CITE) && lower.contains(support::ONE_SENTENCE), "{best}");
+    assert!(
+        lower.contains(support::CITE) && lower.contains(support::ONE_SENTENCE),
+        "{best}"
+    );
     assert!(best.contains("{user_name}"));
 
     let variants: serde_json::Value =
@@ -103,13 +108,18 @@ async fn apo_raises_validation_score_above_baseline_and_writes_outputs() {
     assert!(summary.improvement_pct > 50.0);
     assert_eq!(written["operators"].as_array().unwrap().len(), 8);
     let svg = std::fs::read_to_string(out.path().join("progress.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg:.200}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "{svg:.200}"
+    );
 
     let events = events.into_inner();
     assert!(matches!(events[0], ProgressEvent::DatasetReady { .. }));
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, ProgressEvent::GenerationFinished { .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProgressEvent::GenerationFinished { .. }))
+    );
 
     // Every call is in the ledger.
     let ledger: i64 = conn
@@ -214,7 +224,12 @@ async fn faults_are_retried_or_counted_and_the_run_completes() {
         base: Duration::from_millis(5),
         max: Duration::from_millis(50),
     });
-    server.fault_on(1, Fault::RateLimit { retry_after_secs: 0 });
+    server.fault_on(
+        1,
+        Fault::RateLimit {
+            retry_after_secs: 0,
+        },
+    );
     server.fault_on(2, Fault::ServerError);
     server.fault_on(4, Fault::Hang(Duration::from_secs(2)));
     server.fault_on(6, Fault::Malformed);
@@ -252,7 +267,11 @@ async fn budget_caps_hold() {
     let summary = run_apo(&server, &cfg, &conn, out.path()).await;
     assert!(summary.llm_calls <= 40, "{summary:?}");
     assert_eq!(server.requests(), summary.llm_calls);
-    assert!(summary.stop_reason.contains("max_llm_calls"), "{}", summary.stop_reason);
+    assert!(
+        summary.stop_reason.contains("max_llm_calls"),
+        "{}",
+        summary.stop_reason
+    );
 
     let server = TestServer::start().await;
     let conn = Connection::open_in_memory().unwrap();
@@ -261,8 +280,15 @@ async fn budget_caps_hold() {
     let summary = run_apo(&server, &cfg, &conn, out.path()).await;
     // Calls in flight when the cap is reached may finish: at most
     // max_concurrency (8) calls of ~300 tokens each past it.
-    assert!(summary.tokens_in + summary.tokens_out <= 8_000 + 8 * 400, "{summary:?}");
-    assert!(summary.stop_reason.contains("max_tokens"), "{}", summary.stop_reason);
+    assert!(
+        summary.tokens_in + summary.tokens_out <= 8_000 + 8 * 400,
+        "{summary:?}"
+    );
+    assert!(
+        summary.stop_reason.contains("max_tokens"),
+        "{}",
+        summary.stop_reason
+    );
 }
 
 #[tokio::test]
@@ -292,7 +318,10 @@ async fn guardrail_violators_are_rejected_without_spending_calls() {
     for variant in &rejected {
         assert!(variant.violations.iter().any(|v| v.contains("{user_name}")));
         assert!(variant.scores.is_empty());
-        assert!(!evaluated.contains(&variant.text), "rejected variant was evaluated");
+        assert!(
+            !evaluated.contains(&variant.text),
+            "rejected variant was evaluated"
+        );
     }
     let written = std::fs::read_to_string(out.path().join("all_variants.json")).unwrap();
     assert!(written.contains("\"rejected_by_guardrail\""));
@@ -310,7 +339,10 @@ async fn llm_judge_scorer_also_finds_the_better_prompt() {
     cfg.generations = 3;
     let summary = run_apo(&server, &cfg, &conn, out.path()).await;
     assert!(summary.judge_calls > 0);
-    assert!(summary.optimized_reward > summary.baseline_reward + 0.2, "{summary:?}");
+    assert!(
+        summary.optimized_reward > summary.baseline_reward + 0.2,
+        "{summary:?}"
+    );
 }
 
 #[tokio::test]
@@ -323,7 +355,10 @@ async fn too_little_data_is_a_clear_error() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("too little data for prompt `Controller`"), "{err}");
+    assert!(
+        err.contains("too little data for prompt `Controller`"),
+        "{err}"
+    );
     assert!(err.contains("apo.min_train_examples"), "{err}");
     assert_eq!(server.requests(), 0);
 }

@@ -43,7 +43,12 @@ async fn retries_every_transient_fault_and_records_each_attempt() {
     settings.timeout_secs = 0.3;
     settings.max_retries = 4;
     let llm = fast(settings);
-    server.fault_on(1, Fault::RateLimit { retry_after_secs: 1 });
+    server.fault_on(
+        1,
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+    );
     server.fault_on(2, Fault::ServerError);
     server.fault_on(3, Fault::Hang(Duration::from_secs(2)));
     server.fault_on(4, Fault::Malformed);
@@ -113,10 +118,7 @@ async fn connection_refused_is_retried_then_reported() {
         max_retries: 2,
         ..LlmSettings::default()
     };
-    let err = fast(settings)
-        .chat(&request(Role::Task))
-        .await
-        .unwrap_err();
+    let err = fast(settings).chat(&request(Role::Task)).await.unwrap_err();
     assert_eq!((err.attempts, err.outcome), (3, Outcome::Transport));
 }
 
@@ -133,6 +135,15 @@ async fn api_key_comes_from_the_named_env_var_and_is_never_printed() {
     assert!(!debug.contains("sk-secret-123"), "{debug}");
     assert!(debug.contains("<redacted>"));
     assert!(llm.chat(&request(Role::Task)).await.is_ok());
+    assert_eq!(
+        server.last_authorization().as_deref(),
+        Some("Bearer sk-secret-123")
+    );
+
+    // Settings naming an unset variable send no key at all.
+    let unset = LlmClient::new(server.settings()).unwrap();
+    assert!(unset.chat(&request(Role::Task)).await.is_ok());
+    assert_eq!(server.last_authorization(), None);
 }
 
 #[tokio::test]

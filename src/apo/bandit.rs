@@ -138,7 +138,11 @@ mod tests {
         let mut late_good = 0;
         for round in 0..400 {
             let idx = bandit.choose(&mut rng, |_| true).unwrap();
-            let gain = if bandit.name(idx) == "good" { 0.2 } else { -0.1 };
+            let gain = if bandit.name(idx) == "good" {
+                0.2
+            } else {
+                -0.1
+            };
             bandit.credit(idx, 0.5 + gain, 0.5);
             if round >= 300 && bandit.name(idx) == "good" {
                 late_good += 1;

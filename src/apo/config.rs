@@ -176,11 +176,7 @@ impl ApoConfig {
             "target_prompt",
             "must not be empty".into(),
         );
-        check(
-            self.generations >= 1,
-            "generations",
-            "must be >= 1".into(),
-        );
+        check(self.generations >= 1, "generations", "must be >= 1".into());
         check(
             self.top_k >= 1,
             "top_k",

@@ -314,22 +314,17 @@ pub async fn run(
             }
             let plans: Vec<Plan> = (0..missing)
                 .filter_map(|_| {
-                    plan_child(
-                        &mut rng,
-                        &bandit,
-                        &variants,
-                        &elites,
-                        !exemplars.is_empty(),
-                    )
+                    plan_child(&mut rng, &bandit, &variants, &elites, !exemplars.is_empty())
                 })
                 .collect();
             if plans.is_empty() {
                 break;
             }
-            let texts = join_all(plans.iter().map(|plan| {
-                make_child(plan, &bandit, &variants, &train, &exemplars, &rewriter)
-            }))
-            .await;
+            let texts =
+                join_all(plans.iter().map(|plan| {
+                    make_child(plan, &bandit, &variants, &train, &exemplars, &rewriter)
+                }))
+                .await;
             for (plan, text) in plans.iter().zip(texts) {
                 let Some(text) = text.map(|text| text.trim_end().to_string()) else {
                     bandit.fail(plan.arm);
@@ -530,7 +525,9 @@ pub async fn run(
         best_idx
     };
     let baseline_reward = variants[0].validation_mean.unwrap_or(0.0);
-    let optimized_reward = variants[best_idx].validation_mean.unwrap_or(baseline_reward);
+    let optimized_reward = variants[best_idx]
+        .validation_mean
+        .unwrap_or(baseline_reward);
     let improvement_pct = if baseline_reward.abs() > 1e-12 {
         (optimized_reward - baseline_reward) / baseline_reward.abs() * 100.0
     } else if optimized_reward > baseline_reward {
@@ -557,8 +554,7 @@ pub async fn run(
             .iter()
             .filter(|v| v.status == VariantStatus::RejectedByGuardrail)
             .count(),
-        llm_calls: stats.requests.iter().sum::<u64>()
-            - stats_before.requests.iter().sum::<u64>(),
+        llm_calls: stats.requests.iter().sum::<u64>() - stats_before.requests.iter().sum::<u64>(),
         task_calls: stats.requests[0] - stats_before.requests[0],
         rewriter_calls: stats.requests[1] - stats_before.requests[1],
         judge_calls: stats.requests[2] - stats_before.requests[2],
@@ -673,10 +669,7 @@ async fn make_child(
                 .into_iter()
                 .take(3)
                 .filter_map(|(id, score)| {
-                    let example = train
-                        .iter()
-                        .find(|example| &example.id == id)
-                        .copied()?;
+                    let example = train.iter().find(|example| &example.id == id).copied()?;
                     Some(Failure {
                         input: example.input.clone(),
                         response: parent.responses.get(id).cloned().unwrap_or_default(),

@@ -24,7 +24,9 @@ use crate::trace::{Message, TokenUsage};
 pub enum Scorer {
     /// Judge model with a rubric template holding `{{input}}`,
     /// `{{reference}}` and `{{response}}`; it must answer `SCORE: <0-10>`.
-    LlmJudge { rubric: String },
+    LlmJudge {
+        rubric: String,
+    },
     ExactMatch,
     F1,
 }
@@ -332,7 +334,10 @@ mod tests {
 
     #[test]
     fn exact_match_ignores_case_and_punctuation() {
-        assert_eq!(exact_match("It is 18C in Paris.", "it is 18c in paris"), 1.0);
+        assert_eq!(
+            exact_match("It is 18C in Paris.", "it is 18c in paris"),
+            1.0
+        );
         assert_eq!(exact_match("It is 18C.", "It is 19C."), 0.0);
     }
 

@@ -60,8 +60,8 @@ fn placeholders(text: &str) -> BTreeSet<String> {
     let mut rest = text;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
-        if after.starts_with('{') {
-            rest = &after[1..];
+        if let Some(escaped) = after.strip_prefix('{') {
+            rest = escaped;
             continue;
         }
         if let Some(end) = after.find('}') {
@@ -94,9 +94,15 @@ mod tests {
         let guard = Guardrails::new("Hi {user}. Be safe.", &["Be safe.".into()], 20);
         let violations = guard.check("Hello {name}, this is far too long a prompt.");
         let all = violations.join("\n");
-        assert!(all.contains("protected phrase missing: `Be safe.`"), "{all}");
+        assert!(
+            all.contains("protected phrase missing: `Be safe.`"),
+            "{all}"
+        );
         assert!(all.contains("placeholder missing: `{user}`"), "{all}");
-        assert!(all.contains("placeholder not in the baseline: `{name}`"), "{all}");
+        assert!(
+            all.contains("placeholder not in the baseline: `{name}`"),
+            "{all}"
+        );
         assert!(all.contains("apo.max_prompt_chars"), "{all}");
         assert_eq!(guard.check("   ").len(), 3);
     }
@@ -105,7 +111,9 @@ mod tests {
     fn json_and_escaped_braces_are_not_placeholders() {
         assert!(placeholders(r#"Reply as {"answer": 1} or {{literal}}"#).is_empty());
         assert_eq!(
-            placeholders("{a} and {b_c}").into_iter().collect::<Vec<_>>(),
+            placeholders("{a} and {b_c}")
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["a", "b_c"]
         );
     }

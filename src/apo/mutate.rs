@@ -155,7 +155,9 @@ fn lists(lines: &[Line]) -> Vec<Vec<usize>> {
         }
         let continues = idx > 0
             && lines[idx - 1].same_list(line)
-            && groups.last().is_some_and(|group| group.last() == Some(&(idx - 1)));
+            && groups
+                .last()
+                .is_some_and(|group| group.last() == Some(&(idx - 1)));
         if continues {
             groups.last_mut().unwrap().push(idx);
         } else {

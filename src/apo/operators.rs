@@ -186,10 +186,16 @@ mod tests {
             "apo_paraphrase.txt",
             "apo_crossover.txt",
         ] {
-            std::fs::write(dir.path().join(file), "{{prompt}} {{failures}} {{critique}}")
-                .unwrap();
+            std::fs::write(
+                dir.path().join(file),
+                "{{prompt}} {{failures}} {{critique}}",
+            )
+            .unwrap();
         }
         let err = MetaPrompts::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("apo_crossover.txt") && err.contains("{{prompt_a}}"), "{err}");
+        assert!(
+            err.contains("apo_crossover.txt") && err.contains("{{prompt_a}}"),
+            "{err}"
+        );
     }
 }

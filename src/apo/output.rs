@@ -50,7 +50,11 @@ fn progress_svg(summary: &ApoSummary) -> anyhow::Result<String> {
         best.push((generation.generation, generation.best));
         mean.push((generation.generation, generation.mean));
     }
-    let last_generation = best.last().map(|(generation, _)| *generation).unwrap_or(0).max(1);
+    let last_generation = best
+        .last()
+        .map(|(generation, _)| *generation)
+        .unwrap_or(0)
+        .max(1);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();

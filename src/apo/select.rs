@@ -83,9 +83,21 @@ mod tests {
     fn top_k_by_mean_then_shorter() {
         let (a, b, c) = (scores(&[1.0]), scores(&[1.0]), scores(&[0.5]));
         let contenders = [
-            Contender { mean: 1.0, scores: &a, chars: 50 },
-            Contender { mean: 1.0, scores: &b, chars: 20 },
-            Contender { mean: 0.5, scores: &c, chars: 10 },
+            Contender {
+                mean: 1.0,
+                scores: &a,
+                chars: 50,
+            },
+            Contender {
+                mean: 1.0,
+                scores: &b,
+                chars: 20,
+            },
+            Contender {
+                mean: 0.5,
+                scores: &c,
+                chars: 10,
+            },
         ];
         assert_eq!(select(&contenders, 2, false), [1, 0]);
     }
@@ -97,10 +109,26 @@ mod tests {
         let specialist = scores(&[0.0, 0.0, 1.0]);
         let dominated = scores(&[0.1, 0.1, 0.0]);
         let contenders = [
-            Contender { mean: 0.6, scores: &strong, chars: 10 },
-            Contender { mean: 0.53, scores: &also, chars: 10 },
-            Contender { mean: 0.33, scores: &specialist, chars: 10 },
-            Contender { mean: 0.07, scores: &dominated, chars: 10 },
+            Contender {
+                mean: 0.6,
+                scores: &strong,
+                chars: 10,
+            },
+            Contender {
+                mean: 0.53,
+                scores: &also,
+                chars: 10,
+            },
+            Contender {
+                mean: 0.33,
+                scores: &specialist,
+                chars: 10,
+            },
+            Contender {
+                mean: 0.07,
+                scores: &dominated,
+                chars: 10,
+            },
         ];
         assert_eq!(select(&contenders, 1, false), [0]);
         assert_eq!(select(&contenders, 1, true), [0, 2]);

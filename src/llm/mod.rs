@@ -256,7 +256,11 @@ impl LlmClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let permit = self.permits.acquire().await.expect("semaphore never closed");
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
             let started = Instant::now();
             let res = self.attempt(&body).await;
             drop(permit);
@@ -325,12 +329,11 @@ impl LlmClient {
                 // The episode model keeps tool results without the call ids an
                 // OpenAI `tool` message needs, so replay hands them over as a
                 // user turn that says what it is.
-                "tool" => ChatCompletionRequestMessage::User(
-                    ChatCompletionRequestUserMessage::from(format!(
-                        "Tool result:\n{}",
-                        message.content
-                    )),
-                ),
+                "tool" => {
+                    ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage::from(
+                        format!("Tool result:\n{}", message.content),
+                    ))
+                }
                 _ => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage::from(
                     message.content.as_str(),
                 )),

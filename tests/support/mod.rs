@@ -36,7 +36,9 @@ pub const ONE_SENTENCE: &str = "answer in one sentence";
 /// A fault to inject on one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
-    RateLimit { retry_after_secs: u64 },
+    RateLimit {
+        retry_after_secs: u64,
+    },
     ServerError,
     /// Sleep this long before answering (past the client timeout).
     Hang(Duration),
@@ -51,6 +53,8 @@ pub struct ServerState {
     requests: Mutex<u64>,
     /// (model, system prompt or first message) of every request, in order.
     log: Mutex<Vec<(String, String)>>,
+    /// `Authorization` header of the last request, if any.
+    authorization: Mutex<Option<String>>,
 }
 
 pub struct TestServer {
@@ -121,6 +125,10 @@ impl TestServer {
             .collect()
     }
 
+    pub fn last_authorization(&self) -> Option<String> {
+        self.state.authorization.lock().unwrap().clone()
+    }
+
     pub fn log(&self) -> Vec<(String, String)> {
         self.state.log.lock().unwrap().clone()
     }
@@ -130,7 +138,15 @@ fn tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-async fn chat(State(state): State<Arc<ServerState>>, body: String) -> Response {
+async fn chat(
+    State(state): State<Arc<ServerState>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
+    *state.authorization.lock().unwrap() = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
     let number = {
         let mut requests = state.requests.lock().unwrap();
         *requests += 1;
@@ -248,7 +264,10 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 fn rewrite(request: &str) -> String {
-    const REQUIRED: [&str; 2] = ["Cite the tool result you relied on.", "Answer in one sentence."];
+    const REQUIRED: [&str; 2] = [
+        "Cite the tool result you relied on.",
+        "Answer in one sentence.",
+    ];
     if request.contains("Write a critique") {
         let prompt = between(request, "<prompt>", "</prompt>").unwrap_or_default();
         let missing: Vec<String> = REQUIRED
