@@ -50,7 +50,9 @@ async fn bench() {
     )
     .unwrap();
     let train: Vec<&apo::Example> = data.train.iter().take(16).collect();
-    println!("scorer,latency_ms,concurrency,calls,bound_ms,wall_ms_min,wall_ms_median,ratio_median");
+    println!(
+        "scorer,latency_ms,concurrency,calls,bound_ms,wall_ms_min,wall_ms_median,ratio_median"
+    );
     for (latency_ms, concurrency) in [(50u64, 4usize), (50, 8), (50, 16), (20, 32)] {
         server.set_latency(Duration::from_millis(latency_ms));
         for judged in [false, true] {

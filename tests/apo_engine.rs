@@ -135,11 +135,14 @@ async fn second_run_is_served_from_cache_and_same_seed_gives_same_result() {
     let out = tempfile::tempdir().unwrap();
     let first = run_apo(&server, &config(), &conn, out.path()).await;
     assert!(first.task_calls > 0);
-    let task_requests = server.requests_for("task-model");
+    assert!(first.rewriter_calls > 0);
+    let requests = server.requests();
 
+    // Evaluations and rewrites both come from the store: no new call at all.
     let second = run_apo(&server, &config(), &conn, out.path()).await;
     assert_eq!(second.task_calls, 0, "{second:?}");
-    assert_eq!(server.requests_for("task-model"), task_requests);
+    assert_eq!(second.llm_calls, 0, "{second:?}");
+    assert_eq!(server.requests(), requests);
     assert!(second.cache_hits > 0);
     assert_eq!(second.best_prompt, first.best_prompt);
 

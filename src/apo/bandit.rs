@@ -11,7 +11,7 @@ use super::rng::Rng;
 /// Statistics of one operator, as reported in the summary.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ArmStats {
-    /// Children produced and evaluated.
+    /// Children attempted: evaluated, rejected or not produced.
     pub uses: u64,
     /// Children that beat their best parent.
     pub improvements: u64,
@@ -22,7 +22,7 @@ pub struct ArmStats {
 }
 
 impl ArmStats {
-    /// Mean credit per use, 0 before the first use.
+    /// Mean credit per use (a failed use earns 0), 0 before the first use.
     pub fn mean_credit(&self) -> f64 {
         if self.uses == 0 {
             0.0
@@ -99,14 +99,17 @@ impl Bandit {
         let stats = &mut self.stats[idx];
         stats.uses += 1;
         let gain = child - parent;
-        if gain > 0.0 {
+        // Ignore float noise: a child scoring the same as its parent is no gain.
+        if gain > 1e-9 {
             stats.improvements += 1;
             stats.total_credit += gain;
         }
     }
 
-    /// Counts a child of arm `idx` that was rejected or not produced.
+    /// Counts a child of arm `idx` that was rejected or not produced: a use
+    /// that earns no credit, so an operator that keeps failing is picked less.
     pub fn fail(&mut self, idx: usize) {
+        self.stats[idx].uses += 1;
         self.stats[idx].failures += 1;
     }
 
@@ -151,6 +154,17 @@ mod tests {
         assert!(late_good > 90, "good chosen {late_good}/100 late rounds");
         let good = bandit.stats().find(|(name, _)| *name == "good").unwrap().1;
         assert!((good.mean_credit() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn failures_dilute_credit_and_noise_is_no_improvement() {
+        let mut bandit = Bandit::new(vec![("a".into(), 1.0)], 0.1);
+        bandit.credit(0, 0.9, 0.5);
+        bandit.fail(0);
+        bandit.credit(0, 0.5 + 1e-15, 0.5);
+        let (_, stats) = bandit.stats().next().unwrap();
+        assert_eq!((stats.uses, stats.improvements, stats.failures), (3, 1, 1));
+        assert!((stats.mean_credit() - 0.4 / 3.0).abs() < 1e-9);
     }
 
     #[test]

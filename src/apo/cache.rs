@@ -4,7 +4,10 @@
 //! parameters hash), so a repeated run, or a later daemon round over the same
 //! episodes, never pays twice for the same replay. The parameters hash covers
 //! everything else that changes the score: temperature, seed, token cap and
-//! the scorer with its judge model and rubric. The ledger keeps one row per
+//! the scorer with its judge model and rubric. Rewriter replies are cached
+//! too, keyed by the full request text, so a rerun with the same seed makes
+//! the same edits even when the rewriter samples at a temperature above 0:
+//! same seed plus same cached responses, same result. The ledger keeps one row per
 //! HTTP attempt of every LLM call: role, model, tokens, latency, outcome.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -25,6 +28,14 @@ CREATE TABLE IF NOT EXISTS apo_eval_cache (
     output_tokens INTEGER NOT NULL,
     created_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (prompt_hash, example_id, model, params_hash)
+);
+CREATE TABLE IF NOT EXISTS apo_rewrite_cache (
+    request_hash TEXT NOT NULL,
+    model TEXT NOT NULL,
+    params_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (request_hash, model, params_hash)
 );
 CREATE TABLE IF NOT EXISTS llm_call_ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,6 +124,39 @@ pub fn put(
     Ok(())
 }
 
+/// Looks up a cached rewriter reply.
+pub fn get_rewrite(
+    conn: &Connection,
+    request_hash: &str,
+    model: &str,
+    params_hash: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT response FROM apo_rewrite_cache
+         WHERE request_hash = ?1 AND model = ?2 AND params_hash = ?3",
+        params![request_hash, model, params_hash],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// Stores a rewriter reply.
+pub fn put_rewrite(
+    conn: &Connection,
+    request_hash: &str,
+    model: &str,
+    params_hash: &str,
+    response: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO apo_rewrite_cache
+         (request_hash, model, params_hash, response, created_unix_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![request_hash, model, params_hash, response, now_unix_ms()],
+    )?;
+    Ok(())
+}
+
 /// Appends call records to the ledger under `run_id`, in one transaction.
 pub fn append_ledger(
     conn: &Connection,
@@ -177,6 +221,14 @@ mod tests {
             ..key
         };
         assert_eq!(get(&conn, &other).unwrap(), None);
+
+        assert_eq!(get_rewrite(&conn, "h", "m", "p").unwrap(), None);
+        put_rewrite(&conn, "h", "m", "p", "new prompt").unwrap();
+        assert_eq!(
+            get_rewrite(&conn, "h", "m", "p").unwrap().as_deref(),
+            Some("new prompt")
+        );
+        assert_eq!(get_rewrite(&conn, "h", "m2", "p").unwrap(), None);
 
         let record = CallRecord {
             role: Role::Judge,

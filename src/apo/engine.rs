@@ -223,11 +223,7 @@ pub async fn run(
         llm.settings().max_concurrency,
     );
     let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens);
-    let rewriter = Rewriter {
-        llm,
-        budget: &budget,
-        meta: &meta,
-    };
+    let rewriter = Rewriter::new(llm, &budget, conn, &meta);
     let run_id = format!(
         "apo-{}-{}",
         std::time::SystemTime::now()
@@ -562,7 +558,7 @@ pub async fn run(
         failed_calls: stats.failed_requests - stats_before.failed_requests,
         tokens_in: stats.usage.input_tokens - stats_before.usage.input_tokens,
         tokens_out: stats.usage.output_tokens - stats_before.usage.output_tokens,
-        cache_hits: eval_stats.cache_hits,
+        cache_hits: eval_stats.cache_hits + rewriter.cache_hits(),
         wall_time_secs: started.elapsed().as_secs_f64(),
         stop_reason,
         history,

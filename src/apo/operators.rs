@@ -10,12 +10,16 @@
 //! written `{{name}}` so they never clash with the target prompt's own
 //! `{placeholders}`. The rewriter is asked to wrap its prompt in
 //! `<prompt>...</prompt>`; without the tags the whole reply is taken.
+//! Replies are cached in the store by request, model and sampling settings.
 
+use std::cell::Cell;
 use std::path::Path;
 
 use anyhow::Context;
+use rusqlite::Connection;
 
 use super::budget::{Budget, CallError};
+use super::cache;
 use crate::llm::{ChatRequest, LlmClient, Role};
 use crate::trace::Message;
 
@@ -64,15 +68,55 @@ pub struct Failure {
     pub score: f64,
 }
 
-/// Runs the LLM operators through the budget.
+/// Runs the LLM operators through the budget and the reply cache.
 pub struct Rewriter<'a> {
-    pub llm: &'a LlmClient,
-    pub budget: &'a Budget,
-    pub meta: &'a MetaPrompts,
+    llm: &'a LlmClient,
+    budget: &'a Budget,
+    conn: &'a Connection,
+    meta: &'a MetaPrompts,
+    params_hash: String,
+    cache_hits: Cell<u64>,
 }
 
-impl Rewriter<'_> {
+impl<'a> Rewriter<'a> {
+    /// A rewriter for one run.
+    pub fn new(
+        llm: &'a LlmClient,
+        budget: &'a Budget,
+        conn: &'a Connection,
+        meta: &'a MetaPrompts,
+    ) -> Self {
+        let settings = llm.settings();
+        let params_hash = cache::hash_text(&format!(
+            "temperature={}|seed={:?}",
+            settings.temperature, settings.seed
+        ));
+        Rewriter {
+            llm,
+            budget,
+            conn,
+            meta,
+            params_hash,
+            cache_hits: Cell::new(0),
+        }
+    }
+
+    /// Replies served from the cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.get()
+    }
+
     async fn ask(&self, content: String) -> Result<String, CallError> {
+        let model = self.llm.model(Role::Rewriter);
+        let request_hash = cache::hash_text(&content);
+        match cache::get_rewrite(self.conn, &request_hash, model, &self.params_hash) {
+            Ok(Some(reply)) => {
+                self.cache_hits.set(self.cache_hits.get() + 1);
+                return Ok(reply);
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "APO rewrite cache lookup failed"),
+        }
         let request = ChatRequest {
             role: Role::Rewriter,
             messages: vec![Message {
@@ -81,7 +125,13 @@ impl Rewriter<'_> {
             }],
             max_tokens: None,
         };
-        Ok(self.budget.chat(self.llm, &request).await?.text)
+        let reply = self.budget.chat(self.llm, &request).await?.text;
+        if let Err(err) =
+            cache::put_rewrite(self.conn, &request_hash, model, &self.params_hash, &reply)
+        {
+            tracing::warn!(error = %err, "APO rewrite cache write failed");
+        }
+        Ok(reply)
     }
 
     /// Critiques `prompt` from its failures, then applies the critique.
