@@ -221,7 +221,7 @@ async fn racing_picks_the_same_winner_with_fewer_task_calls() {
 async fn faults_are_retried_or_counted_and_the_run_completes() {
     let server = TestServer::start().await;
     let mut settings = server.settings();
-    settings.timeout_secs = 0.3;
+    settings.timeout_secs = 1;
     settings.max_retries = 2;
     let llm = LlmClient::new(settings).unwrap().with_backoff(Backoff {
         base: Duration::from_millis(5),
@@ -234,7 +234,7 @@ async fn faults_are_retried_or_counted_and_the_run_completes() {
         },
     );
     server.fault_on(2, Fault::ServerError);
-    server.fault_on(4, Fault::Hang(Duration::from_secs(2)));
+    server.fault_on(4, Fault::Hang(Duration::from_secs(3)));
     server.fault_on(6, Fault::Malformed);
     // Three failures in a row for one request: it fails for good.
     for number in 30..=60 {

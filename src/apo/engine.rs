@@ -220,7 +220,7 @@ pub async fn run(
     let budget = Budget::new(
         cfg.budget.max_llm_calls,
         cfg.budget.max_tokens,
-        llm.settings().max_concurrency,
+        llm.config().max_concurrency,
     );
     let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens);
     let rewriter = Rewriter::new(llm, &budget, conn, &meta);

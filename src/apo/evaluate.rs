@@ -83,7 +83,7 @@ impl<'a> Evaluator<'a> {
         scorer: Scorer,
         max_response_tokens: u32,
     ) -> Self {
-        let settings = llm.settings();
+        let settings = llm.config();
         let scorer_key = match &scorer {
             Scorer::LlmJudge { rubric } => format!(
                 "llm_judge|{}|{}",

@@ -86,7 +86,7 @@ impl<'a> Rewriter<'a> {
         conn: &'a Connection,
         meta: &'a MetaPrompts,
     ) -> Self {
-        let settings = llm.settings();
+        let settings = llm.config();
         let params_hash = cache::hash_text(&format!(
             "temperature={}|seed={:?}",
             settings.temperature, settings.seed

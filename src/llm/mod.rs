@@ -11,9 +11,8 @@
 //!
 //! Retries use exponential backoff with jitter; the number of calls in flight
 //! is bounded by a semaphore shared by all roles. The API key is read once
-//! from the environment variable the settings name and is never printed.
-
-mod settings;
+//! from the environment variable `[llm] api_key_env` names and is never
+//! printed.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,8 +24,7 @@ use async_openai::types::chat::{
 };
 use tokio::sync::Semaphore;
 
-pub use settings::LlmSettings;
-
+use crate::config::LlmConfig;
 use crate::trace::{Message, TokenUsage};
 
 /// Which job a call does; each role has its own model.
@@ -168,7 +166,7 @@ pub struct ClientStats {
 /// record of every attempt. Share it by reference; it is `Sync`.
 pub struct LlmClient {
     http: reqwest::Client,
-    settings: LlmSettings,
+    config: LlmConfig,
     api_key: Option<String>,
     backoff: Backoff,
     permits: Semaphore,
@@ -179,38 +177,26 @@ pub struct LlmClient {
 impl std::fmt::Debug for LlmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmClient")
-            .field("base_url", &self.settings.base_url)
-            .field("api_key_env", &self.settings.api_key_env)
+            .field("base_url", &self.config.base_url)
+            .field("api_key_env", &self.config.api_key_env)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
 }
 
 impl LlmClient {
-    /// Builds a client, reading the API key from the environment variable
-    /// `settings.api_key_env`. A missing or empty variable means no
-    /// `Authorization` header (local servers such as Ollama need none).
-    pub fn new(settings: LlmSettings) -> anyhow::Result<Self> {
-        let api_key = std::env::var(&settings.api_key_env)
-            .ok()
-            .filter(|key| !key.trim().is_empty());
-        Self::with_api_key(settings, api_key)
-    }
-
-    /// Builds a client with an explicit key (or none), bypassing the environment.
-    pub fn with_api_key(settings: LlmSettings, api_key: Option<String>) -> anyhow::Result<Self> {
-        let errors = settings.validate("llm");
-        if !errors.is_empty() {
-            anyhow::bail!("invalid LLM settings: {}", errors.join("; "));
-        }
+    /// Builds a client for a validated `[llm]` section, reading the API key
+    /// from the environment variable it names. A missing or empty variable
+    /// means no `Authorization` header (local servers such as Ollama need none).
+    pub fn new(config: LlmConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(settings.timeout_secs))
+            .timeout(Duration::from_secs(config.timeout_secs.max(1)))
             .build()?;
         Ok(LlmClient {
             http,
-            permits: Semaphore::new(settings.max_concurrency),
-            settings,
-            api_key,
+            permits: Semaphore::new(config.max_concurrency.max(1)),
+            api_key: config.api_key(),
+            config,
             backoff: Backoff::default(),
             stats: Mutex::new(ClientStats::default()),
             records: Mutex::new(Vec::new()),
@@ -223,17 +209,17 @@ impl LlmClient {
         self
     }
 
-    /// The settings the client runs with.
-    pub fn settings(&self) -> &LlmSettings {
-        &self.settings
+    /// The `[llm]` section the client runs with.
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
     }
 
     /// The model configured for a role.
     pub fn model(&self, role: Role) -> &str {
         match role {
-            Role::Task => &self.settings.task_model,
-            Role::Rewriter => &self.settings.rewriter_model,
-            Role::Judge => &self.settings.judge_model,
+            Role::Task => &self.config.task_model,
+            Role::Rewriter => &self.config.rewriter_model,
+            Role::Judge => &self.config.judge_model,
         }
     }
 
@@ -287,7 +273,7 @@ impl LlmClient {
                 }
                 Err(failure) => failure,
             };
-            if !failure.outcome.is_retryable() || attempt > self.settings.max_retries {
+            if !failure.outcome.is_retryable() || attempt > self.config.max_retries {
                 self.stats.lock().unwrap().failed_requests += 1;
                 return Err(LlmError {
                     role: req.role.as_str(),
@@ -342,8 +328,8 @@ impl LlmClient {
         CreateChatCompletionRequest {
             messages,
             model: model.to_string(),
-            temperature: Some(self.settings.temperature as f32),
-            seed: self.settings.seed.map(|seed| seed as i64),
+            temperature: Some(self.config.temperature as f32),
+            seed: self.config.seed.map(|seed| seed as i64),
             max_completion_tokens: req.max_tokens,
             ..Default::default()
         }
@@ -355,7 +341,7 @@ impl LlmClient {
     ) -> Result<(String, TokenUsage), AttemptFailure> {
         let url = format!(
             "{}/chat/completions",
-            self.settings.base_url.trim_end_matches('/')
+            self.config.base_url.trim_end_matches('/')
         );
         let mut request = self.http.post(url).json(body);
         if let Some(key) = &self.api_key {

@@ -25,7 +25,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use whetstone::llm::LlmSettings;
+use whetstone::config::LlmConfig;
 use whetstone::trace::{
     Episode, LlmCall, Message, PromptRef, Source, Status, Step, StepKind, TokenUsage, TraceFormat,
 };
@@ -78,12 +78,12 @@ impl TestServer {
         format!("http://{}/v1", self.addr)
     }
 
-    /// LLM settings pointing at this server.
-    pub fn settings(&self) -> LlmSettings {
-        LlmSettings {
+    /// An `[llm]` section pointing at this server.
+    pub fn settings(&self) -> LlmConfig {
+        LlmConfig {
             base_url: self.base_url(),
             api_key_env: "WHETSTONE_TEST_KEY_UNSET".to_string(),
-            timeout_secs: 5.0,
+            timeout_secs: 5,
             max_retries: 3,
             max_concurrency: 8,
             task_model: "task-model".to_string(),

@@ -1,0 +1,100 @@
+//! The `whetstone` command line: flags shared by every command, and dispatch
+//! to one module per command group.
+//!
+//! Each group lives in its own file with its own clap `Subcommand` enum and a
+//! `run` function; this module only wires them together, so adding a group is
+//! one variant and one match arm here.
+
+mod config_cmd;
+pub mod traces;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+
+/// Whetstone: learns better prompts and a tool-selection policy from an LLM
+/// agent's traces.
+#[derive(Debug, Parser)]
+#[command(name = "whetstone", version, about, long_about = None)]
+pub struct Cli {
+    /// Flags accepted by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: built-in defaults, as in config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr: -v debug, -vv trace [default: RUST_LOG, else info]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl GlobalArgs {
+    /// Loads the configuration named by `--config`, or the defaults.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        config::load(self.config.as_deref())
+    }
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check and show the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Import trace files into the store and summarize what it holds.
+    #[command(subcommand)]
+    Traces(traces::TracesCommand),
+}
+
+/// Runs a parsed command line. Errors carry their cause chain; a
+/// [`ConfigError`] anywhere in it means the configuration was at fault.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(cli.global.verbose);
+    match &cli.command {
+        Command::Config(command) => config_cmd::run(command, &cli.global),
+        Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
+    }
+}
+
+/// Sends `tracing` output to stderr, keeping stdout for command output.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,whetstone=info")),
+        1 => EnvFilter::new("warn,whetstone=debug"),
+        _ => EnvFilter::new("info,whetstone=trace"),
+    };
+    // Fails only if a subscriber is already installed (run called twice in
+    // one process); the first one keeps working.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Writes `text` to stdout. A closed pipe surfaces as an `io::Error` of kind
+/// `BrokenPipe`, which the binary treats as success.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// The path a command should load: its own FILE argument wins over
+/// `--config`.
+fn config_path<'a>(file: Option<&'a Path>, global: &'a GlobalArgs) -> Option<&'a Path> {
+    file.or(global.config.as_deref())
+}

@@ -1,0 +1,354 @@
+//! Ingesting one trace file from where the last pass stopped.
+//!
+//! A file is read either as lines (resuming at the committed offset) or, when
+//! it holds one multi-line JSON document, whole once the document is
+//! complete. Before resuming, the cursor is checked against the file: a
+//! different device/inode, a size below the offset, or a changed prefix means
+//! the file was truncated or replaced, and it is read again from the start —
+//! safe, because every insert deduplicates.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+
+use serde::de::IgnoredAny;
+
+use super::batch::{Batch, Origin, content_key};
+use super::lines::{LineReader, NextLine};
+use super::{IngestOptions, IngestReport};
+use crate::store::{FileCursor, FileIdentity, Layout, Store, StoreError, now_unix_ms};
+use crate::trace::{self, Reason, Source};
+
+/// Bytes of the file start covered by a cursor's fingerprint.
+const FINGERPRINT_BYTES: usize = 4096;
+
+/// Read buffer size; with one line of at most `max_line_bytes`, this is all
+/// the memory a lines file takes.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A batch also ends after this many bytes of lines, so a batch of long
+/// lines keeps transactions short.
+const BATCH_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A file opened for this pass.
+pub struct OpenFile {
+    /// Canonical path, the cursor key and the `source.file` of its records.
+    pub path: String,
+    pub file: File,
+    pub identity: FileIdentity,
+    pub size: u64,
+}
+
+/// Fatal (store) errors end the pass; I/O errors end only this file.
+pub enum FileError {
+    Store(StoreError),
+    Io(io::Error),
+}
+
+impl From<StoreError> for FileError {
+    fn from(err: StoreError) -> FileError {
+        FileError::Store(err)
+    }
+}
+
+impl From<io::Error> for FileError {
+    fn from(err: io::Error) -> FileError {
+        FileError::Io(err)
+    }
+}
+
+/// How many bytes this pass would read from `file` given its cursor (for
+/// the progress total).
+pub fn bytes_to_read(file: &OpenFile, cursor: Option<&FileCursor>) -> u64 {
+    match cursor {
+        Some(c) if c.identity == file.identity && c.offset <= file.size => file.size - c.offset,
+        _ => file.size,
+    }
+}
+
+/// Reads what is new in `file` into the store.
+pub fn ingest_file(
+    store: &mut Store,
+    open: OpenFile,
+    options: &IngestOptions,
+    report: &mut IngestReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), FileError> {
+    let cursor = store.cursor(&open.path)?;
+    let head = read_head(&open.file, open.size)?;
+    if let Some(cursor) = cursor
+        .as_ref()
+        .filter(|c| c.layout == Layout::Lines && c.offset > 0)
+    {
+        let prefix = head.get(..cursor.fingerprint_len as usize);
+        let same_file = cursor.identity == open.identity
+            && open.size >= cursor.offset
+            && prefix.is_some_and(|prefix| content_key(&[prefix]) == cursor.fingerprint);
+        if same_file {
+            let resume = (cursor.offset, cursor.line);
+            return ingest_lines(store, &open, &head, resume, options, report, progress);
+        }
+        tracing::info!(
+            file = %open.path,
+            "trace file was truncated or replaced since it was last read; reading it again from the start"
+        );
+        report.files_reread += 1;
+    }
+    if open.size == 0 {
+        return Ok(());
+    }
+    if trace::is_document(&head) {
+        let cursor = cursor.filter(|c| c.layout == Layout::Document);
+        match ingest_document(store, &open, cursor, options, report, progress)? {
+            DocumentOutcome::Done => return Ok(()),
+            DocumentOutcome::ReadAsLines => {}
+        }
+    }
+    ingest_lines(store, &open, &head, (0, 0), options, report, progress)
+}
+
+/// The first (up to) [`FINGERPRINT_BYTES`] bytes of the file.
+fn read_head(mut file: &File, size: u64) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(FINGERPRINT_BYTES.min(size as usize));
+    file.seek(SeekFrom::Start(0))?;
+    file.take(FINGERPRINT_BYTES as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Reads complete lines from `resume` = (byte offset, lines before it).
+fn ingest_lines(
+    store: &mut Store,
+    open: &OpenFile,
+    head: &[u8],
+    (start_offset, start_line): (u64, u64),
+    options: &IngestOptions,
+    report: &mut IngestReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), FileError> {
+    if start_offset == open.size {
+        return Ok(());
+    }
+    (&open.file).seek(SeekFrom::Start(start_offset))?;
+    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, &open.file);
+    let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
+    let mut lines = LineReader::new(reader, start_offset, max_line_bytes);
+    let mut line = Vec::new();
+    let mut line_no = start_line;
+    let cursor_at = |offset: u64, line: u64| {
+        let fingerprint_len = head.len().min(offset as usize);
+        FileCursor {
+            path: open.path.clone(),
+            identity: open.identity,
+            offset,
+            line,
+            fingerprint: content_key(&[&head[..fingerprint_len]]),
+            fingerprint_len: fingerprint_len as u64,
+            layout: Layout::Lines,
+            updated_at_unix_ms: now_unix_ms(),
+        }
+    };
+    let max_spans = options.max_spans_per_trace as u64;
+    let mut batch = Batch::begin(store, max_spans)?;
+    let (mut batch_lines, mut batch_start) = (0usize, start_offset);
+    let mut read_error = None;
+    loop {
+        let line_offset = lines.offset();
+        let next = match lines.next_line(&mut line) {
+            Ok(next) => next,
+            Err(err) => {
+                read_error = Some(err);
+                break;
+            }
+        };
+        match next {
+            NextLine::End => break,
+            NextLine::Line => {
+                line_no += 1;
+                report.lines += 1;
+                if !line.trim_ascii().is_empty() {
+                    let source = Source {
+                        file: open.path.clone(),
+                        line: line_no,
+                    };
+                    let parsed = trace::parse_line(&line, &source);
+                    let key = if parsed.is_err() {
+                        content_key(&[&line, &(line.len() as u64).to_le_bytes()])
+                    } else {
+                        String::new()
+                    };
+                    let origin = Origin {
+                        file: &open.path,
+                        line: line_no,
+                        offset: line_offset,
+                        key: &key,
+                    };
+                    batch.add(parsed, &origin, report)?;
+                }
+            }
+            NextLine::TooLong { len } => {
+                line_no += 1;
+                report.lines += 1;
+                let key = content_key(&[&line, &len.to_le_bytes()]);
+                let origin = Origin {
+                    file: &open.path,
+                    line: line_no,
+                    offset: line_offset,
+                    key: &key,
+                };
+                let detail = format!(
+                    "line of {len} bytes exceeds traces.max_line_bytes = {}",
+                    options.max_line_bytes
+                );
+                batch.reject_input(Reason::LineTooLong, detail, &origin, report)?;
+            }
+        }
+        batch_lines += 1;
+        if batch_lines >= options.batch_lines || lines.offset() - batch_start >= BATCH_MAX_BYTES {
+            let offset = lines.offset();
+            batch.commit(Some(&cursor_at(offset, line_no)), report)?;
+            report.bytes += offset - batch_start;
+            progress(offset - batch_start);
+            batch = Batch::begin(store, max_spans)?;
+            (batch_lines, batch_start) = (0, offset);
+        }
+    }
+    let offset = lines.offset();
+    batch.commit(Some(&cursor_at(offset, line_no)), report)?;
+    report.bytes += offset - batch_start;
+    progress(offset - batch_start);
+    match read_error {
+        Some(err) => Err(FileError::Io(err)),
+        None => Ok(()),
+    }
+}
+
+/// What became of a file that looked like a document.
+enum DocumentOutcome {
+    /// Processed, rejected, or waiting for the rest of it.
+    Done,
+    /// Not a document after all, but JSON lines whose first line is broken:
+    /// read it as lines, so the good lines are not lost with the bad one.
+    ReadAsLines,
+}
+
+/// A whole-file JSON document: processed once complete, again only when its
+/// content changes; rejected when it stays incomplete for the quiet period.
+fn ingest_document(
+    store: &mut Store,
+    open: &OpenFile,
+    cursor: Option<FileCursor>,
+    options: &IngestOptions,
+    report: &mut IngestReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<DocumentOutcome, FileError> {
+    let now = now_unix_ms();
+    let mut file = &open.file;
+    file.seek(SeekFrom::Start(0))?;
+    // Read the document if it is within bounds; otherwise only hash it, in
+    // bounded chunks, to recognize it next time.
+    let within_bounds = open.size <= options.max_document_bytes;
+    let mut bytes = Vec::new();
+    let fingerprint = if within_bounds {
+        file.take(options.max_document_bytes)
+            .read_to_end(&mut bytes)?;
+        content_key(&[&bytes])
+    } else {
+        hash_stream(&mut file)?
+    };
+    let size = if within_bounds {
+        bytes.len() as u64
+    } else {
+        open.size
+    };
+    let cursor_with = |offset: u64, updated_at_unix_ms: i64| FileCursor {
+        path: open.path.clone(),
+        identity: open.identity,
+        offset,
+        line: 0,
+        fingerprint: fingerprint.clone(),
+        fingerprint_len: size,
+        layout: Layout::Document,
+        updated_at_unix_ms,
+    };
+    let origin = Origin {
+        file: &open.path,
+        line: 1,
+        offset: 0,
+        key: &fingerprint,
+    };
+    let max_spans = options.max_spans_per_trace as u64;
+    let unchanged = cursor
+        .as_ref()
+        .is_some_and(|c| c.identity == open.identity && c.fingerprint == fingerprint);
+    if let Some(cursor) = cursor.as_ref().filter(|_| unchanged) {
+        if cursor.offset > 0 {
+            return Ok(DocumentOutcome::Done); // Already processed.
+        }
+        // Still incomplete, and unchanged since `updated_at`.
+        let quiet_for_ms = now - cursor.updated_at_unix_ms;
+        if !options.finalize && quiet_for_ms < options.quiet_period_secs as i64 * 1000 {
+            return Ok(DocumentOutcome::Done);
+        }
+        let mut batch = Batch::begin(store, max_spans)?;
+        let detail = format!(
+            "multi-line JSON document still incomplete after {}s without change",
+            quiet_for_ms / 1000
+        );
+        batch.reject_input(Reason::IncompleteDocument, detail, &origin, report)?;
+        batch.commit(Some(&cursor_with(size, now)), report)?;
+        return Ok(DocumentOutcome::Done);
+    }
+    if cursor.as_ref().is_some_and(|c| c.offset > 0) {
+        tracing::info!(file = %open.path, "trace document changed since it was last read; reading it again");
+        report.files_reread += 1;
+    }
+    let complete = within_bounds.then(|| serde_json::from_slice::<IgnoredAny>(&bytes));
+    if matches!(complete, Some(Err(_))) && holds_json_lines(&bytes) {
+        return Ok(DocumentOutcome::ReadAsLines);
+    }
+    let mut batch = Batch::begin(store, max_spans)?;
+    if !within_bounds {
+        let detail = format!(
+            "document of {} bytes exceeds traces.max_document_bytes = {}",
+            open.size, options.max_document_bytes
+        );
+        batch.reject_input(Reason::TooLarge, detail, &origin, report)?;
+    } else if complete.is_some_and(|res| res.is_err_and(|err| err.is_eof())) {
+        // Being written: wait for the rest, remembering since when it is
+        // unchanged.
+        batch.commit(Some(&cursor_with(0, now)), report)?;
+        return Ok(DocumentOutcome::Done);
+    } else {
+        batch.add(trace::parse_document(&bytes, &open.path), &origin, report)?;
+    }
+    batch.commit(Some(&cursor_with(size, now)), report)?;
+    report.bytes += size;
+    progress(size);
+    Ok(DocumentOutcome::Done)
+}
+
+/// Whether some line after the first is a complete, unindented JSON object:
+/// then the file is JSON lines with a broken first line, not a document
+/// (whose nested objects are indented, when on one line at all).
+fn holds_json_lines(bytes: &[u8]) -> bool {
+    bytes
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.starts_with(b"{") && serde_json::from_slice::<IgnoredAny>(line).is_ok())
+}
+
+/// Hash of a whole stream, read in bounded chunks.
+fn hash_stream(reader: &mut impl Read) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        hasher.update(&chunk[..n]);
+    }
+    Ok(hex::encode(&hasher.finalize()[..16]))
+}

@@ -1,0 +1,116 @@
+//! The read side of episodes, for APO, RL and the CLI.
+//!
+//! Episodes are streamed row by row ([`Store::visit_episodes`]) so a consumer
+//! can go over a large history without holding it all in memory; ids grow
+//! with ingestion order, so `after_id` lets a consumer pick up only what was
+//! ingested since it last looked.
+
+use std::ops::ControlFlow;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+use crate::trace::Episode;
+
+/// Which episodes to read. The default reads all of them, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpisodeFilter {
+    /// Only episodes run with this prompt name.
+    pub prompt_name: Option<String>,
+    /// Only episodes run with this prompt version.
+    pub prompt_version: Option<String>,
+    /// Only episodes with a store id greater than this.
+    pub after_id: Option<i64>,
+    /// At most this many episodes.
+    pub limit: Option<u64>,
+}
+
+/// An episode with its store id and ingestion time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEpisode {
+    /// Store id; increases with ingestion order.
+    pub id: i64,
+    pub ingested_at_unix_ms: i64,
+    pub episode: Episode,
+}
+
+impl Store {
+    /// Calls `visit` with each matching episode in ingestion order, until it
+    /// returns `ControlFlow::Break`.
+    pub fn visit_episodes(
+        &self,
+        filter: &EpisodeFilter,
+        mut visit: impl FnMut(StoredEpisode) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut select = self.conn.prepare_cached(
+            "SELECT id, ingested_at_unix_ms, body FROM episodes
+             WHERE (?1 IS NULL OR prompt_name = ?1)
+               AND (?2 IS NULL OR prompt_version = ?2)
+               AND id > ?3
+             ORDER BY id
+             LIMIT ?4",
+        )?;
+        let limit = filter.limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64);
+        let mut rows = select.query(params![
+            filter.prompt_name,
+            filter.prompt_version,
+            filter.after_id.unwrap_or(i64::MIN),
+            limit,
+        ])?;
+        while let Some(row) = rows.next()? {
+            let stored = stored_episode(row.get(0)?, row.get(1)?, &row.get::<_, String>(2)?)?;
+            if visit(stored).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// All matching episodes, in ingestion order.
+    pub fn load_episodes(&self, filter: &EpisodeFilter) -> Result<Vec<StoredEpisode>, StoreError> {
+        let mut episodes = Vec::new();
+        self.visit_episodes(filter, |stored| {
+            episodes.push(stored);
+            ControlFlow::Continue(())
+        })?;
+        Ok(episodes)
+    }
+
+    /// The episode with this trace id, if ingested.
+    pub fn episode(&self, trace_id: &str) -> Result<Option<StoredEpisode>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, ingested_at_unix_ms, body FROM episodes WHERE trace_id = ?1",
+                [trace_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)),
+            )
+            .optional()?;
+        row.map(|(id, at, body)| stored_episode(id, at, &body))
+            .transpose()
+    }
+
+    /// Number of episodes stored.
+    pub fn episode_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM episodes", [], |row| row.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+fn stored_episode(
+    id: i64,
+    ingested_at_unix_ms: i64,
+    body: &str,
+) -> Result<StoredEpisode, StoreError> {
+    let episode = serde_json::from_str(body).map_err(|source| StoreError::CorruptBody {
+        what: format!("episode #{id}"),
+        source,
+    })?;
+    Ok(StoredEpisode {
+        id,
+        ingested_at_unix_ms,
+        episode,
+    })
+}

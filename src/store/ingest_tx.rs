@@ -1,0 +1,480 @@
+//! The write side of ingestion: one transaction per batch.
+//!
+//! Everything a batch of trace input produces (new episodes, pending spans,
+//! rejects, assembled traces) and the file cursor that says the batch was
+//! read are committed together. A crash before `commit` loses the whole batch
+//! and the cursor with it, so the batch is simply read again; every insert is
+//! idempotent (episodes by trace id, spans by trace and span id, rejects by
+//! their key), so a batch read twice is stored once.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Transaction, params};
+
+use super::StoreError;
+use super::cursor::{self, FileCursor};
+use crate::trace::{Episode, Span, Status, StepKind};
+
+/// A write transaction for one ingestion batch; dropped without
+/// [`IngestTx::commit`], it rolls back.
+pub struct IngestTx<'c> {
+    tx: Transaction<'c>,
+}
+
+/// One rejected piece of input, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectRow {
+    pub file: String,
+    pub line: u64,
+    /// Byte offset of the rejected line, when the reject is about one line.
+    pub offset: Option<u64>,
+    /// Stable reason code ([`crate::trace::Reason::as_str`]).
+    pub reason: &'static str,
+    pub detail: String,
+    /// Identifies the rejected content, so re-reading it does not record the
+    /// same reject twice.
+    pub key: String,
+}
+
+/// What happened to a span offered to [`IngestTx::admit_span`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanAdmission {
+    /// Stored as pending.
+    Pending,
+    /// Already pending (the same span read again).
+    AlreadyPending,
+    /// Already part of a finalized trace (the same span read again).
+    AlreadyConsumed,
+    /// New span of a trace that was already finalized: not stored.
+    Late,
+    /// The trace already holds the maximum number of spans: not stored.
+    TraceFull,
+}
+
+impl<'c> IngestTx<'c> {
+    pub(super) fn new(tx: Transaction<'c>) -> IngestTx<'c> {
+        IngestTx { tx }
+    }
+
+    /// Inserts an episode unless one with the same trace id exists. Returns
+    /// whether it was new.
+    pub fn insert_episode(&self, episode: &Episode, now_unix_ms: i64) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(episode).map_err(|source| StoreError::CorruptBody {
+            what: format!("episode {}", episode.trace_id),
+            source,
+        })?;
+        let status = match episode.status {
+            Status::Ok => "ok",
+            Status::Error => "error",
+        };
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO episodes
+                     (trace_id, format, prompt_name, prompt_version, status,
+                      start_time_unix_nano, n_steps, source_file, source_line,
+                      ingested_at_unix_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (trace_id) DO NOTHING",
+            )?
+            .execute(params![
+                episode.trace_id,
+                episode.format.as_str(),
+                episode.prompt.name,
+                episode.prompt.version,
+                status,
+                episode.start_time_unix_nano.map(|t| t as i64),
+                episode.steps.len() as i64,
+                episode.source.file,
+                episode.source.line as i64,
+                now_unix_ms,
+                body,
+            ])?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let episode_id = self.tx.last_insert_rowid();
+        let mut insert_reward = self.tx.prepare_cached(
+            "INSERT OR REPLACE INTO episode_rewards (episode_id, name, value) VALUES (?1, ?2, ?3)",
+        )?;
+        for (name, value) in &episode.rewards {
+            insert_reward.execute(params![episode_id, name, value])?;
+        }
+        let mut tools: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for step in episode.steps.iter().filter(|s| s.kind == StepKind::Tool) {
+            let counts = tools.entry(step.name.as_str()).or_default();
+            counts.0 += 1;
+            counts.1 += i64::from(step.error);
+        }
+        let mut insert_tool = self.tx.prepare_cached(
+            "INSERT INTO episode_tools (episode_id, tool_name, n_calls, n_errors)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (name, (n_calls, n_errors)) in tools {
+            insert_tool.execute(params![episode_id, name, n_calls, n_errors])?;
+        }
+        Ok(true)
+    }
+
+    /// Records a reject unless the same one is already recorded. Returns
+    /// whether it was new.
+    pub fn insert_reject(&self, reject: &RejectRow, now_unix_ms: i64) -> Result<bool, StoreError> {
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO rejects (file, line, offset, reason, detail, key, rejected_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (file, line, reason, key) DO NOTHING",
+            )?
+            .execute(params![
+                reject.file,
+                reject.line as i64,
+                reject.offset.map(|o| o as i64),
+                reject.reason,
+                reject.detail,
+                reject.key,
+                now_unix_ms,
+            ])?;
+        Ok(inserted > 0)
+    }
+
+    /// Offers a span of a not-yet-finalized trace: stores it as pending unless
+    /// it is known, late, or its trace is full (see [`SpanAdmission`]).
+    pub fn admit_span(
+        &self,
+        span: &Span,
+        max_spans_per_trace: u64,
+        now_unix_ms: i64,
+    ) -> Result<SpanAdmission, StoreError> {
+        let consumed = self
+            .tx
+            .prepare_cached("SELECT 1 FROM consumed_spans WHERE trace_id = ?1 AND span_id = ?2")?
+            .exists(params![span.trace_id, span.span_id])?;
+        if consumed {
+            return Ok(SpanAdmission::AlreadyConsumed);
+        }
+        let finalized = self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM consumed_spans WHERE trace_id = ?1)
+                     OR EXISTS (SELECT 1 FROM episodes WHERE trace_id = ?1)",
+            )?
+            .query_row([&span.trace_id], |row| row.get::<_, bool>(0))?;
+        if finalized {
+            return Ok(SpanAdmission::Late);
+        }
+        let pending = self
+            .tx
+            .prepare_cached("SELECT 1 FROM pending_spans WHERE trace_id = ?1 AND span_id = ?2")?
+            .exists(params![span.trace_id, span.span_id])?;
+        if pending {
+            return Ok(SpanAdmission::AlreadyPending);
+        }
+        let n_pending: i64 = self
+            .tx
+            .prepare_cached("SELECT COUNT(*) FROM pending_spans WHERE trace_id = ?1")?
+            .query_row([&span.trace_id], |row| row.get(0))?;
+        if n_pending as u64 >= max_spans_per_trace {
+            return Ok(SpanAdmission::TraceFull);
+        }
+        let body = serde_json::to_string(span).map_err(|source| StoreError::CorruptBody {
+            what: format!("span {}/{}", span.trace_id, span.span_id),
+            source,
+        })?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO pending_spans (trace_id, span_id, is_root, arrived_at_unix_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                span.trace_id,
+                span.span_id,
+                span.is_root(),
+                now_unix_ms,
+                body
+            ])?;
+        Ok(SpanAdmission::Pending)
+    }
+
+    /// Whether the root span of `trace_id` is pending.
+    pub fn has_pending_root(&self, trace_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM pending_spans WHERE trace_id = ?1 AND is_root")?
+            .exists([trace_id])?)
+    }
+
+    /// Removes all pending spans of `trace_id` and returns them, marking them
+    /// consumed: from now on the trace counts as finalized.
+    pub fn take_pending(&self, trace_id: &str) -> Result<Vec<Span>, StoreError> {
+        let mut spans = Vec::new();
+        {
+            let mut select = self
+                .tx
+                .prepare_cached("SELECT span_id, body FROM pending_spans WHERE trace_id = ?1")?;
+            let mut rows = select.query([trace_id])?;
+            while let Some(row) = rows.next()? {
+                let span_id: String = row.get(0)?;
+                let body: String = row.get(1)?;
+                let span =
+                    serde_json::from_str(&body).map_err(|source| StoreError::CorruptBody {
+                        what: format!("pending span {trace_id}/{span_id}"),
+                        source,
+                    })?;
+                spans.push(span);
+            }
+        }
+        self.tx.execute(
+            "INSERT OR IGNORE INTO consumed_spans (trace_id, span_id)
+             SELECT trace_id, span_id FROM pending_spans WHERE trace_id = ?1",
+            [trace_id],
+        )?;
+        self.tx
+            .execute("DELETE FROM pending_spans WHERE trace_id = ?1", [trace_id])?;
+        Ok(spans)
+    }
+
+    /// Trace ids with pending spans whose newest span arrived before
+    /// `arrived_before_unix_ms` (all pending traces when `None`), oldest
+    /// first, at most `limit`.
+    pub fn quiet_traces(
+        &self,
+        arrived_before_unix_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut select = self.tx.prepare_cached(
+            "SELECT trace_id, MAX(arrived_at_unix_ms) AS newest FROM pending_spans
+             GROUP BY trace_id HAVING ?1 IS NULL OR newest < ?1
+             ORDER BY newest, trace_id LIMIT ?2",
+        )?;
+        let ids = select
+            .query_map(params![arrived_before_unix_ms, limit as i64], |row| {
+                row.get(0)
+            })?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    /// Writes the cursor of the file this batch was read from.
+    pub fn set_cursor(&self, cursor: &FileCursor) -> Result<(), StoreError> {
+        cursor::upsert(&self.tx, cursor)?;
+        Ok(())
+    }
+
+    /// Commits the batch.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EpisodeFilter, Store};
+    use crate::trace::{PromptRef, Source, Step, TokenUsage, TraceFormat};
+
+    fn episode(trace_id: &str, prompt: &str, reward: f64) -> Episode {
+        let tool = |name: &str, error: bool| Step {
+            kind: StepKind::Tool,
+            name: name.to_string(),
+            error,
+            error_message: None,
+            start_time_unix_nano: None,
+            duration_ms: None,
+            rewards: BTreeMap::new(),
+            llm: None,
+            tool: None,
+        };
+        Episode {
+            trace_id: trace_id.to_string(),
+            format: TraceFormat::WhetstoneJsonl,
+            prompt: PromptRef {
+                name: Some(prompt.to_string()),
+                version: Some("v1".to_string()),
+                text: None,
+            },
+            input: Some("task".to_string()),
+            steps: vec![
+                tool("search", false),
+                tool("search", true),
+                tool("calc", false),
+            ],
+            rewards: BTreeMap::from([("success".to_string(), reward)]),
+            status: Status::Ok,
+            start_time_unix_nano: Some(1),
+            duration_ms: None,
+            usage: TokenUsage::default(),
+            policy_version: None,
+            source: Source {
+                file: "f.jsonl".to_string(),
+                line: 1,
+            },
+        }
+    }
+
+    fn span(trace_id: &str, span_id: &str, parent: Option<&str>) -> Span {
+        Span {
+            trace_id: trace_id.to_string(),
+            span_id: span_id.to_string(),
+            format: TraceFormat::OtlpJson,
+            parent_span_id: parent.map(str::to_string),
+            name: "s".to_string(),
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 1,
+            error: false,
+            status_message: None,
+            attributes: serde_json::Map::new(),
+            events: Vec::new(),
+            source: Source::default(),
+        }
+    }
+
+    #[test]
+    fn episodes_insert_once_and_feed_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let tx = store.begin_ingest().unwrap();
+        assert!(tx.insert_episode(&episode("a", "p", 1.0), 5).unwrap());
+        assert!(!tx.insert_episode(&episode("a", "p", 0.0), 5).unwrap());
+        assert!(tx.insert_episode(&episode("b", "q", 0.0), 5).unwrap());
+        tx.commit().unwrap();
+
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.episodes, 2);
+        assert_eq!(
+            stats.episodes_by_format,
+            vec![("whetstone_jsonl".to_string(), 2)]
+        );
+        let search = stats.tools.iter().find(|t| t.name == "search").unwrap();
+        assert_eq!((search.calls, search.errors, search.episodes), (4, 2, 2));
+        assert_eq!(stats.rewards.len(), 1);
+        let success = &stats.rewards[0];
+        assert_eq!(
+            (success.count, success.mean, success.min, success.max),
+            (2, 0.5, 0.0, 1.0)
+        );
+
+        let only_q = store
+            .load_episodes(&EpisodeFilter {
+                prompt_name: Some("q".to_string()),
+                ..EpisodeFilter::default()
+            })
+            .unwrap();
+        assert_eq!(only_q.len(), 1);
+        assert_eq!(only_q[0].episode, episode("b", "q", 0.0));
+        let after_first = store
+            .load_episodes(&EpisodeFilter {
+                after_id: Some(only_q[0].id - 1),
+                ..EpisodeFilter::default()
+            })
+            .unwrap();
+        assert_eq!(after_first.len(), 1);
+        // The duplicate did not overwrite the first body.
+        assert_eq!(
+            store.episode("a").unwrap().unwrap().episode.rewards["success"],
+            1.0
+        );
+    }
+
+    #[test]
+    fn uncommitted_batch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let tx = store.begin_ingest().unwrap();
+        tx.insert_episode(&episode("a", "p", 1.0), 5).unwrap();
+        drop(tx);
+        assert_eq!(store.episode_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn spans_pend_until_taken_then_rereads_are_known_and_new_ones_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let tx = store.begin_ingest().unwrap();
+        let child = span("t", "c", Some("r"));
+        assert_eq!(
+            tx.admit_span(&child, 10, 1).unwrap(),
+            SpanAdmission::Pending
+        );
+        assert_eq!(
+            tx.admit_span(&child, 10, 1).unwrap(),
+            SpanAdmission::AlreadyPending
+        );
+        assert!(!tx.has_pending_root("t").unwrap());
+        let root = span("t", "r", None);
+        assert_eq!(tx.admit_span(&root, 10, 2).unwrap(), SpanAdmission::Pending);
+        assert!(tx.has_pending_root("t").unwrap());
+        assert_eq!(tx.quiet_traces(Some(2), 10).unwrap(), Vec::<String>::new());
+        assert_eq!(tx.quiet_traces(Some(3), 10).unwrap(), vec!["t".to_string()]);
+
+        let mut taken = tx.take_pending("t").unwrap();
+        taken.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+        assert_eq!(taken, vec![child.clone(), root.clone()]);
+        assert_eq!(tx.quiet_traces(None, 10).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            tx.admit_span(&child, 10, 3).unwrap(),
+            SpanAdmission::AlreadyConsumed
+        );
+        assert_eq!(
+            tx.admit_span(&span("t", "new", Some("r")), 10, 3).unwrap(),
+            SpanAdmission::Late
+        );
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn span_of_an_existing_episode_is_late_and_full_traces_refuse_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let tx = store.begin_ingest().unwrap();
+        tx.insert_episode(&episode("e", "p", 1.0), 1).unwrap();
+        assert_eq!(
+            tx.admit_span(&span("e", "x", None), 10, 1).unwrap(),
+            SpanAdmission::Late
+        );
+        assert_eq!(
+            tx.admit_span(&span("f", "1", Some("r")), 2, 1).unwrap(),
+            SpanAdmission::Pending
+        );
+        assert_eq!(
+            tx.admit_span(&span("f", "2", Some("r")), 2, 1).unwrap(),
+            SpanAdmission::Pending
+        );
+        assert_eq!(
+            tx.admit_span(&span("f", "3", Some("r")), 2, 1).unwrap(),
+            SpanAdmission::TraceFull
+        );
+        tx.commit().unwrap();
+        let stats = store.stats().unwrap();
+        assert_eq!((stats.pending_spans, stats.pending_traces), (2, 1));
+    }
+
+    #[test]
+    fn rejects_dedup_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let reject = RejectRow {
+            file: "f".to_string(),
+            line: 3,
+            offset: Some(10),
+            reason: "invalid_json",
+            detail: "bad".to_string(),
+            key: "k1".to_string(),
+        };
+        let tx = store.begin_ingest().unwrap();
+        assert!(tx.insert_reject(&reject, 1).unwrap());
+        assert!(!tx.insert_reject(&reject, 2).unwrap());
+        let other = RejectRow {
+            key: "k2".to_string(),
+            ..reject.clone()
+        };
+        assert!(tx.insert_reject(&other, 2).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(
+            store.stats().unwrap().rejects_by_reason,
+            vec![("invalid_json".to_string(), 2)]
+        );
+        assert_eq!(store.rejects(1).unwrap()[0].line, 3);
+    }
+}

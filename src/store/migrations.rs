@@ -1,0 +1,105 @@
+//! The database schema, as an ordered list of migrations.
+//!
+//! Migration `i` (0-based) brings the database from `PRAGMA user_version = i`
+//! to `i + 1`. Each runs in its own transaction together with the version
+//! bump, so a crash mid-migration leaves the previous version intact.
+//! Append new migrations at the end; never edit or reorder released ones.
+
+/// All migrations, oldest first. The schema version of a database created by
+/// this binary is `MIGRATIONS.len()`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: traces ingestion — episodes, file cursors, pending spans, rejects.
+    r#"
+    -- One row per ingested episode. `body` is the Episode JSON; the other
+    -- columns are copies of its fields, kept for filtering and statistics.
+    CREATE TABLE episodes (
+        id                   INTEGER PRIMARY KEY,
+        trace_id             TEXT    NOT NULL UNIQUE,
+        format               TEXT    NOT NULL,
+        prompt_name          TEXT,
+        prompt_version       TEXT,
+        status               TEXT    NOT NULL,
+        start_time_unix_nano INTEGER,
+        n_steps              INTEGER NOT NULL,
+        source_file          TEXT    NOT NULL,
+        source_line          INTEGER NOT NULL,
+        ingested_at_unix_ms  INTEGER NOT NULL,
+        body                 TEXT    NOT NULL
+    );
+    CREATE INDEX episodes_by_prompt ON episodes (prompt_name, prompt_version);
+    CREATE INDEX episodes_by_format ON episodes (format);
+
+    -- Final (episode-level) rewards, one row per episode and reward name.
+    CREATE TABLE episode_rewards (
+        episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+        name       TEXT    NOT NULL,
+        value      REAL    NOT NULL,
+        PRIMARY KEY (episode_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX episode_rewards_by_name ON episode_rewards (name);
+
+    -- Tool executions per episode and tool name.
+    CREATE TABLE episode_tools (
+        episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+        tool_name  TEXT    NOT NULL,
+        n_calls    INTEGER NOT NULL,
+        n_errors   INTEGER NOT NULL,
+        PRIMARY KEY (episode_id, tool_name)
+    ) WITHOUT ROWID;
+    CREATE INDEX episode_tools_by_name ON episode_tools (tool_name);
+
+    -- How far each trace file has been read. `offset` is the end of the last
+    -- fully processed line (or the size of a processed document), `line` the
+    -- number of lines before it; `fingerprint` is a hash (128 bits of
+    -- SHA-256, hex) of the first `fingerprint_len` bytes, used to notice
+    -- truncated or replaced files. `layout` is `lines` or `document`.
+    CREATE TABLE file_cursors (
+        path                TEXT    PRIMARY KEY,
+        device              INTEGER NOT NULL,
+        inode               INTEGER NOT NULL,
+        offset              INTEGER NOT NULL,
+        line                INTEGER NOT NULL,
+        fingerprint         TEXT    NOT NULL,
+        fingerprint_len     INTEGER NOT NULL,
+        layout              TEXT    NOT NULL,
+        updated_at_unix_ms  INTEGER NOT NULL
+    );
+
+    -- Spans of traces that are not yet episodes (their root has not arrived
+    -- and the quiet period has not passed). `body` is the Span JSON.
+    CREATE TABLE pending_spans (
+        trace_id           TEXT    NOT NULL,
+        span_id            TEXT    NOT NULL,
+        is_root            INTEGER NOT NULL,
+        arrived_at_unix_ms INTEGER NOT NULL,
+        body               TEXT    NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    );
+    CREATE INDEX pending_spans_roots ON pending_spans (trace_id) WHERE is_root;
+
+    -- Spans already folded into an episode (or into a rejected trace), so a
+    -- re-read of the same span is recognized and ignored, while a new span of
+    -- a finalized trace is reported as late.
+    CREATE TABLE consumed_spans (
+        trace_id TEXT NOT NULL,
+        span_id  TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+
+    -- Rejected input. `key` identifies the rejected content (a hash of the
+    -- line's start and length, or of the span or trace id), so reading the
+    -- same input again does not record the same reject twice.
+    CREATE TABLE rejects (
+        id                  INTEGER PRIMARY KEY,
+        file                TEXT    NOT NULL,
+        line                INTEGER NOT NULL,
+        offset              INTEGER,
+        reason              TEXT    NOT NULL,
+        detail              TEXT    NOT NULL,
+        key                 TEXT    NOT NULL,
+        rejected_at_unix_ms INTEGER NOT NULL,
+        UNIQUE (file, line, reason, key)
+    );
+    CREATE INDEX rejects_by_reason ON rejects (reason);
+    "#,
+];

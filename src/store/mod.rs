@@ -1,0 +1,256 @@
+//! Whetstone's embedded state: one SQLite database, `<data_dir>/whetstone.db`.
+//!
+//! Everything that must survive a restart lives here: ingested episodes,
+//! how far each trace file has been read, spans waiting for the rest of their
+//! trace, and rejected input. Ingestion writes through [`IngestTx`], one
+//! transaction per batch, which is what makes it exactly-once; APO and RL read
+//! episodes back with [`Store::visit_episodes`].
+//!
+//! The schema is versioned in code ([`migrations::MIGRATIONS`]); opening a
+//! database brings it up to date, and refuses one written by a newer binary.
+
+mod cursor;
+mod episodes;
+mod ingest_tx;
+pub mod migrations;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, TransactionBehavior};
+
+pub use cursor::{FileCursor, FileIdentity, Layout};
+pub use episodes::{EpisodeFilter, StoredEpisode};
+pub use ingest_tx::{IngestTx, RejectRow, SpanAdmission};
+pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE_NAME: &str = "whetstone.db";
+
+/// How long a writer waits for another process holding the write lock (the
+/// daemon and a CLI import may share the database) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, but this whetstone supports at most \
+         version {supported}; use a newer whetstone or another data directory"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("migrating database to schema version {version}: {source}")]
+    Migrate {
+        version: usize,
+        source: rusqlite::Error,
+    },
+    #[error("stored {what} is not valid JSON: {source}")]
+    CorruptBody {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// An open Whetstone database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/whetstone.db` and migrates it
+    /// to the current schema.
+    ///
+    /// Durability: the database runs in WAL mode with `synchronous=NORMAL`.
+    /// A killed process loses nothing that was committed (the WAL is written
+    /// before `COMMIT` returns). On power loss or an OS crash, the last few
+    /// committed transactions may be rolled back, but the database is never
+    /// corrupted; for ingestion that only means the affected lines are read
+    /// again from the older cursor, and dedup keeps that exactly-once.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let configure = || -> rusqlite::Result<()> {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(%mode, "SQLite refused WAL mode; using its journal mode instead");
+            }
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            Ok(())
+        };
+        configure().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = Store { conn };
+        store.migrate(&path)?;
+        Ok(store)
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let supported = migrations::MIGRATIONS.len() as i64;
+        let found = self.schema_version()?;
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        for (idx, sql) in migrations::MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(found as usize)
+        {
+            let version = idx + 1;
+            let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Another process may have migrated while we waited for the lock.
+                let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                if current >= version as i64 {
+                    return Ok(());
+                }
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version as i64)?;
+                tx.commit()
+            };
+            apply(&mut self.conn).map_err(|source| StoreError::Migrate { version, source })?;
+        }
+        Ok(())
+    }
+
+    /// Starts one ingestion batch: a write transaction that commits episodes,
+    /// spans, rejects and the file cursor together, or none of them.
+    pub fn begin_ingest(&mut self) -> Result<IngestTx<'_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(IngestTx::new(tx))
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `*_unix_ms` columns.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_db_in_wal_mode_at_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        assert!(dir.path().join("data").join(DB_FILE_NAME).exists());
+        assert_eq!(
+            store.schema_version().unwrap(),
+            migrations::MIGRATIONS.len() as i64
+        );
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "synchronous=NORMAL");
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .conn
+                .execute(
+                    "INSERT INTO rejects (file, line, reason, detail, key, rejected_at_unix_ms)
+                     VALUES ('f', 1, 'invalid_json', 'd', 'k', 0)",
+                    [],
+                )
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let n: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM rejects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn newer_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let too_new = migrations::MIGRATIONS.len() as i64 + 1;
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.pragma_update(None, "user_version", too_new).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path())
+            .err()
+            .expect("must refuse a newer db");
+        assert!(matches!(err, StoreError::TooNew { found, .. } if found == too_new));
+        assert!(err.to_string().contains("newer whetstone"), "{err}");
+    }
+
+    #[test]
+    fn migrations_apply_in_order_from_an_older_version() {
+        // A database at version 0 with foreign data gets every migration.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch("CREATE TABLE unrelated (x)").unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            migrations::MIGRATIONS.len() as i64
+        );
+        let n: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('episodes', 'unrelated')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+}
