@@ -1,9 +1,11 @@
 //! The `[apo]` configuration section: what to optimize and how hard to try.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Checker, Invalid};
 
 /// Settings for one APO run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,108 +165,88 @@ impl Default for RacingConfig {
 }
 
 impl ApoConfig {
-    /// Every out-of-range value, named by key path under `prefix` (e.g. `apo`).
-    pub fn validate(&self, prefix: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut check = |ok: bool, key: &str, why: String| {
-            if !ok {
-                errors.push(format!("{prefix}.{key}: {why}"));
+    /// Every out-of-range value, by full key path (`apo.top_k`, ...).
+    pub fn validate(&self) -> Vec<Invalid> {
+        let mut check = Checker::default();
+        check.section("apo", |check| self.check(check));
+        check.finish()
+    }
+
+    /// Reports out-of-range values into `check`, keys relative to `[apo]`.
+    pub fn check(&self, check: &mut Checker) {
+        check.not_empty("target_prompt", &self.target_prompt);
+        check.not_empty_path("baseline_prompt_file", &self.baseline_prompt_file);
+        check.not_empty_path("meta_prompt_dir", &self.meta_prompt_dir);
+        check.at_least("generations", self.generations, 1);
+        check.at_least("top_k", self.top_k, 1);
+        if self.population_size <= self.top_k {
+            check.fail(
+                "population_size",
+                format!(
+                    "must be greater than top_k ({}), got {}",
+                    self.top_k, self.population_size
+                ),
+            );
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            check.fail(
+                "validation_fraction",
+                format!(
+                    "must be between 0.0 and 1.0 (exclusive), got {:?}",
+                    self.validation_fraction
+                ),
+            );
+        }
+        check.at_least("min_train_examples", self.min_train_examples, 1);
+        check.at_least("min_validation_examples", self.min_validation_examples, 1);
+        check.in_range("reference_min_reward", self.reference_min_reward, f64::MIN..=f64::MAX);
+        check.section("budget", |check| {
+            check.at_least("max_llm_calls", self.budget.max_llm_calls, 1);
+            check.at_least("max_tokens", self.budget.max_tokens, 1);
+        });
+        check.section("racing", |check| {
+            check.at_least("initial_examples", self.racing.initial_examples, 1);
+            check.at_least("reduction_factor", self.racing.reduction_factor, 2);
+        });
+        check.section("operator_weights", |check| {
+            for (name, weight) in &self.operator_weights {
+                if !OPERATOR_NAMES.contains(&name.as_str()) {
+                    check.fail(
+                        name,
+                        format!("unknown operator; known: {}", OPERATOR_NAMES.join(", ")),
+                    );
+                }
+                check.in_range(name, *weight, 0.0..=f64::MAX);
             }
-        };
-        check(
-            !self.target_prompt.trim().is_empty(),
-            "target_prompt",
-            "must not be empty".into(),
-        );
-        check(self.generations >= 1, "generations", "must be >= 1".into());
-        check(
-            self.top_k >= 1,
-            "top_k",
-            format!("must be >= 1, got {}", self.top_k),
-        );
-        check(
-            self.population_size > self.top_k,
-            "population_size",
-            format!(
-                "must be greater than top_k ({}), got {}",
-                self.top_k, self.population_size
-            ),
-        );
-        check(
-            self.validation_fraction > 0.0 && self.validation_fraction < 1.0,
-            "validation_fraction",
-            format!("must be within (0, 1), got {}", self.validation_fraction),
-        );
-        check(
-            self.min_train_examples >= 1,
-            "min_train_examples",
-            "must be >= 1".into(),
-        );
-        check(
-            self.min_validation_examples >= 1,
-            "min_validation_examples",
-            "must be >= 1".into(),
-        );
-        check(
-            self.budget.max_llm_calls >= 1,
-            "budget.max_llm_calls",
-            "must be >= 1".into(),
-        );
-        check(
-            self.budget.max_tokens >= 1,
-            "budget.max_tokens",
-            "must be >= 1".into(),
-        );
-        check(
-            self.racing.initial_examples >= 1,
-            "racing.initial_examples",
-            "must be >= 1".into(),
-        );
-        check(
-            self.racing.reduction_factor >= 2,
-            "racing.reduction_factor",
-            format!("must be >= 2, got {}", self.racing.reduction_factor),
-        );
-        for (name, weight) in &self.operator_weights {
-            check(
-                OPERATOR_NAMES.contains(&name.as_str()),
-                &format!("operator_weights.{name}"),
-                format!("unknown operator; known: {}", OPERATOR_NAMES.join(", ")),
-            );
-            check(
-                weight.is_finite() && *weight >= 0.0,
-                &format!("operator_weights.{name}"),
-                format!("must be >= 0, got {weight}"),
+        });
+        if !self.operator_weights.values().any(|weight| *weight > 0.0) {
+            check.fail("operator_weights", "at least one operator needs a weight > 0");
+        }
+        if !(self.bandit_temperature.is_finite() && self.bandit_temperature > 0.0) {
+            check.fail(
+                "bandit_temperature",
+                format!("must be > 0, got {:?}", self.bandit_temperature),
             );
         }
-        check(
-            self.operator_weights.values().any(|weight| *weight > 0.0),
-            "operator_weights",
-            "at least one operator needs a weight > 0".into(),
-        );
-        check(
-            self.bandit_temperature.is_finite() && self.bandit_temperature > 0.0,
-            "bandit_temperature",
-            format!("must be > 0, got {}", self.bandit_temperature),
-        );
-        check(
-            self.max_prompt_chars >= 1,
-            "max_prompt_chars",
-            "must be >= 1".into(),
-        );
-        check(
-            self.max_response_tokens >= 1,
-            "max_response_tokens",
-            "must be >= 1".into(),
-        );
+        check.at_least("max_prompt_chars", self.max_prompt_chars, 1);
+        check.at_least("max_response_tokens", self.max_response_tokens, 1);
         if let Some(target) = self.target_score {
-            check(
-                target.is_finite(),
-                "target_score",
-                format!("must be a number, got {target}"),
-            );
+            check.in_range("target_score", target, f64::MIN..=f64::MAX);
         }
-        errors
+        if let ScorerConfig::LlmJudge { rubric_file } = &self.scorer {
+            check.section("scorer", |check| {
+                check.not_empty_path("rubric_file", rubric_file)
+            });
+        }
+    }
+
+    /// Makes relative file paths absolute by joining them onto `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.baseline_prompt_file = base.join(&self.baseline_prompt_file);
+        self.meta_prompt_dir = base.join(&self.meta_prompt_dir);
+        if let ScorerConfig::LlmJudge { rubric_file } = &mut self.scorer {
+            *rubric_file = base.join(&*rubric_file);
+        }
     }
 }
 
@@ -276,7 +258,7 @@ mod tests {
     fn defaults_are_valid_and_parse_from_empty_toml() {
         let cfg: ApoConfig = toml::from_str("").unwrap();
         assert_eq!(cfg, ApoConfig::default());
-        assert!(cfg.validate("apo").is_empty());
+        assert!(cfg.validate().is_empty());
         assert_eq!(cfg.top_k, 3);
         assert_eq!(cfg.target_prompt, "Controller");
     }
@@ -296,7 +278,12 @@ mod tests {
             ..ApoConfig::default()
         };
         cfg.operator_weights.insert("teleport".into(), 1.0);
-        let errors = cfg.validate("apo").join("\n");
+        let errors: Vec<String> = cfg
+            .validate()
+            .into_iter()
+            .map(|invalid| invalid.key)
+            .collect();
+        let errors = errors.join("\n");
         assert!(errors.contains("apo.top_k"), "{errors}");
         assert!(errors.contains("apo.validation_fraction"), "{errors}");
         assert!(errors.contains("apo.operator_weights.teleport"), "{errors}");

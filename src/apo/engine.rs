@@ -164,7 +164,11 @@ pub async fn run(
     out_dir: &Path,
     progress: impl Fn(ProgressEvent),
 ) -> anyhow::Result<ApoSummary> {
-    let errors = cfg.validate("apo");
+    let errors: Vec<String> = cfg
+        .validate()
+        .into_iter()
+        .map(|invalid| format!("{}: {}", invalid.key, invalid.message))
+        .collect();
     if !errors.is_empty() {
         anyhow::bail!("invalid APO configuration: {}", errors.join("; "));
     }

@@ -7,6 +7,7 @@
 
 mod config_cmd;
 pub mod traces;
+pub mod train;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,8 @@ pub enum Command {
     /// Import trace files into the store and summarize what it holds.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
+    /// Run one optimization over the collected traces and write its results.
+    Train(train::TrainArgs),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
+        Command::Train(args) => train::run(args, &cli.global.load_config()?),
     }
 }
 

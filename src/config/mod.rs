@@ -11,7 +11,7 @@
 //!    at the first one);
 //! 3. [`Config::validate`] (out-of-range values: all of them are listed).
 //!
-//! Relative paths (`data_dir`, `traces.dir`) resolve against the directory of
+//! Relative paths (`data_dir`, `traces.dir`, the `apo` prompt files) resolve against the directory of
 //! the config file, or against the current directory when running on the
 //! embedded defaults; [`load`] returns them absolute.
 //!
@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::apo::ApoConfig;
 pub use error::{ConfigError, Location, Problem};
 pub use llm::LlmConfig;
 pub use traces::TracesConfig;
@@ -44,6 +45,8 @@ pub struct Config {
     pub traces: TracesConfig,
     /// The OpenAI-compatible LLM endpoint.
     pub llm: LlmConfig,
+    /// Automatic prompt optimization.
+    pub apo: ApoConfig,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".whetstone"),
             traces: TracesConfig::default(),
             llm: LlmConfig::default(),
+            apo: ApoConfig::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ impl Config {
         check.not_empty_path("data_dir", &self.data_dir);
         check.section("traces", |check| self.traces.validate(check));
         check.section("llm", |check| self.llm.validate(check));
+        check.section("apo", |check| self.apo.check(check));
         check.finish()
     }
 
@@ -71,6 +76,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
         self.traces.resolve_paths(base);
+        self.apo.resolve_paths(base);
     }
 }
 

@@ -1,0 +1,160 @@
+//! `whetstone train --mode apo --output-dir DIR [--traces PATH]`: one offline
+//! optimization over the episodes already in the store (after importing
+//! `--traces`, if given), writing its results into DIR.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::apo::{self, ProgressEvent};
+use crate::config::Config;
+use crate::ingest::{self, IngestOptions};
+use crate::llm::LlmClient;
+use crate::store::{self, EpisodeFilter, Store};
+
+/// What to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Automatic prompt optimization of the prompt named in `[apo]`.
+    Apo,
+}
+
+/// Arguments of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// What to optimize.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// Directory for best_prompt.txt, all_variants.json,
+    /// optimization_summary.json and progress.svg.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: PathBuf,
+    /// Trace files or directories to import into the store first (only what
+    /// is new since the last import is read).
+    #[arg(long, value_name = "PATH")]
+    pub traces: Vec<PathBuf>,
+}
+
+/// Runs `train`.
+pub fn run(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Apo => train_apo(args, config),
+    }
+}
+
+fn train_apo(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.data_dir)?;
+    let mut out = io::stdout().lock();
+    if !args.traces.is_empty() {
+        let mut options = IngestOptions::from(&config.traces);
+        options.finalize = true;
+        let report = ingest::ingest_paths(&mut store, &args.traces, &options, &mut |_| {})
+            .context("importing --traces")?;
+        writeln!(
+            out,
+            "imported {} new episodes ({} duplicates skipped, {} rejected)",
+            report.episodes_new,
+            report.episodes_duplicate,
+            report.rejects_total()
+        )?;
+        for error in &report.file_errors {
+            writeln!(out, "cannot read {}: {}", error.path.display(), error.error)?;
+        }
+    }
+    let episodes: Vec<_> = store
+        .load_episodes(&EpisodeFilter {
+            prompt_name: Some(config.apo.target_prompt.clone()),
+            ..EpisodeFilter::default()
+        })?
+        .into_iter()
+        .map(|stored| stored.episode)
+        .collect();
+    if episodes.is_empty() {
+        bail!(
+            "the store in {} holds no episode for prompt `{}` (apo.target_prompt); \
+             import traces with --traces or `whetstone traces import`",
+            config.data_dir.display(),
+            config.apo.target_prompt
+        );
+    }
+    // APO keeps its cache and ledger next to the episodes, on a connection
+    // of its own (the store's is busy being the store).
+    let db_path = config.data_dir.join(store::DB_FILE_NAME);
+    let conn = rusqlite::Connection::open(&db_path)
+        .with_context(|| format!("opening {}", db_path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let llm = LlmClient::new(config.llm.clone())?;
+
+    let bar = if io::stderr().is_terminal() {
+        ProgressBar::new(config.apo.generations.into()).with_style(
+            ProgressStyle::with_template("{spinner} APO [{bar:30}] generation {pos}/{len} {msg}")
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(apo::run(
+        &episodes,
+        &config.apo,
+        &llm,
+        &conn,
+        &args.output_dir,
+        |event| match event {
+            ProgressEvent::DatasetReady { train, validation } => {
+                bar.set_message(format!("{train} train / {validation} validation examples"));
+            }
+            ProgressEvent::GenerationStarted {
+                generation,
+                candidates,
+            } => bar.set_message(format!("gen {generation}: {candidates} new candidates")),
+            ProgressEvent::GenerationFinished {
+                generation,
+                best,
+                mean,
+                llm_calls,
+            } => {
+                bar.set_position(generation.into());
+                bar.set_message(format!(
+                    "best {best:.3}, mean {mean:.3}, {llm_calls} LLM calls"
+                ));
+            }
+            ProgressEvent::Stopped { reason } => bar.set_message(format!("stopped: {reason}")),
+            ProgressEvent::ValidationStarted { candidates } => {
+                bar.set_message(format!("validating {candidates} finalists"));
+            }
+        },
+    ))?;
+    bar.finish_and_clear();
+    writeln!(
+        out,
+        "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), best variant {} \
+         after {} generations ({})",
+        summary.target_prompt,
+        summary.baseline_reward,
+        summary.optimized_reward,
+        summary.improvement_pct,
+        summary.best_variant_id,
+        summary.generations,
+        summary.stop_reason
+    )?;
+    writeln!(
+        out,
+        "{} LLM calls ({} failed), {} tokens in, {} tokens out, {} cache hits, {:.1}s",
+        summary.llm_calls,
+        summary.failed_calls,
+        summary.tokens_in,
+        summary.tokens_out,
+        summary.cache_hits,
+        summary.wall_time_secs
+    )?;
+    writeln!(out, "wrote {}", args.output_dir.display())?;
+    out.flush()?;
+    Ok(())
+}
