@@ -199,7 +199,11 @@ impl ApoConfig {
         }
         check.at_least("min_train_examples", self.min_train_examples, 1);
         check.at_least("min_validation_examples", self.min_validation_examples, 1);
-        check.in_range("reference_min_reward", self.reference_min_reward, f64::MIN..=f64::MAX);
+        check.in_range(
+            "reference_min_reward",
+            self.reference_min_reward,
+            f64::MIN..=f64::MAX,
+        );
         check.section("budget", |check| {
             check.at_least("max_llm_calls", self.budget.max_llm_calls, 1);
             check.at_least("max_tokens", self.budget.max_tokens, 1);
@@ -220,7 +224,10 @@ impl ApoConfig {
             }
         });
         if !self.operator_weights.values().any(|weight| *weight > 0.0) {
-            check.fail("operator_weights", "at least one operator needs a weight > 0");
+            check.fail(
+                "operator_weights",
+                "at least one operator needs a weight > 0",
+            );
         }
         if !(self.bandit_temperature.is_finite() && self.bandit_temperature > 0.0) {
             check.fail(
