@@ -774,7 +774,7 @@ fn kill_9_at_random_moments_neither_loses_nor_duplicates() {
 fn real_fixtures_import_once_even_when_two_files_hold_the_same_run() {
     // `otlp_openllmetry_protojson.json` (one pretty-printed document) holds
     // the same spans as `otlp_openllmetry_spec.jsonl`: its 4 traces are known.
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/traces");
     let files: Vec<PathBuf> = [
         "otlp_openllmetry_protojson.json",
         "agentlightning_spans.jsonl",

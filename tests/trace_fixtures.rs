@@ -14,7 +14,7 @@ use whetstone::trace::{
 /// document; spans grouped by trace; episodes in start-time order.
 fn read_fixture(name: &str) -> Vec<Episode> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("tests/fixtures/traces")
         .join(name);
     let bytes = std::fs::read(&path).unwrap();
     let records = if is_document(&bytes) {
