@@ -365,3 +365,50 @@ async fn too_little_data_is_a_clear_error() {
     assert!(err.contains("apo.min_train_examples"), "{err}");
     assert_eq!(server.requests(), 0);
 }
+
+#[tokio::test]
+async fn stops_early_on_target_score_and_on_patience() {
+    let server = TestServer::start().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.generations = 20;
+    cfg.target_score = Some(0.99);
+    let conn = Connection::open_in_memory().unwrap();
+    let summary = run_apo(&server, &cfg, &conn, out.path()).await;
+    assert!(
+        summary.stop_reason.contains("apo.target_score"),
+        "{}",
+        summary.stop_reason
+    );
+    assert!(summary.generations < 20);
+
+    let mut cfg = config();
+    cfg.generations = 20;
+    cfg.patience = 2;
+    let conn = Connection::open_in_memory().unwrap();
+    let summary = run_apo(&server, &cfg, &conn, out.path()).await;
+    assert!(
+        summary.stop_reason.contains("apo.patience"),
+        "{}",
+        summary.stop_reason
+    );
+    let history = &summary.history;
+    let last = history.len();
+    assert!(last < 20);
+    // The last `patience` generations did not beat the best before them.
+    assert_eq!(history[last - 1].best, history[last - 3].best);
+}
+
+#[tokio::test]
+async fn pareto_selection_also_improves() {
+    let server = TestServer::start().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.pareto = true;
+    let conn = Connection::open_in_memory().unwrap();
+    let summary = run_apo(&server, &cfg, &conn, out.path()).await;
+    assert!(
+        summary.optimized_reward > summary.baseline_reward + 0.3,
+        "{summary:?}"
+    );
+}

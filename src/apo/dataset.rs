@@ -163,3 +163,123 @@ fn example_from(episode: &Episode, reference_min_reward: f64) -> Option<Example>
         reward,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::trace::{LlmCall, PromptRef, Source, Status, Step, TokenUsage, TraceFormat};
+
+    fn episode(id: &str, prompt: &str, reward: f64) -> Episode {
+        Episode {
+            trace_id: id.to_string(),
+            format: TraceFormat::WhetstoneJsonl,
+            prompt: PromptRef {
+                name: Some(prompt.to_string()),
+                ..PromptRef::default()
+            },
+            input: None,
+            steps: vec![Step {
+                kind: StepKind::Llm,
+                name: "m".to_string(),
+                error: false,
+                error_message: None,
+                start_time_unix_nano: None,
+                duration_ms: None,
+                rewards: BTreeMap::new(),
+                llm: Some(LlmCall {
+                    input_messages: vec![
+                        Message {
+                            role: "system".into(),
+                            content: "old prompt".into(),
+                        },
+                        Message {
+                            role: "user".into(),
+                            content: format!("question {id}"),
+                        },
+                    ],
+                    output_text: Some(format!("answer {id}")),
+                    ..LlmCall::default()
+                }),
+                tool: None,
+            }],
+            rewards: BTreeMap::from([("r".to_string(), reward)]),
+            status: Status::Ok,
+            start_time_unix_nano: None,
+            duration_ms: None,
+            usage: TokenUsage::default(),
+            policy_version: None,
+            source: Source::default(),
+        }
+    }
+
+    fn spec(require_reference: bool) -> DatasetSpec<'static> {
+        DatasetSpec {
+            prompt_name: "Controller",
+            validation_fraction: 0.3,
+            min_train: 1,
+            min_validation: 1,
+            reference_min_reward: 0.5,
+            require_reference,
+        }
+    }
+
+    #[test]
+    fn split_is_by_trace_id_whatever_the_order_and_other_episodes() {
+        let episodes: Vec<Episode> = (0..40)
+            .map(|idx| episode(&format!("t{idx}"), "Controller", 1.0))
+            .collect();
+        let all = Dataset::build(&episodes, &spec(false)).unwrap();
+        let mut shuffled = episodes.clone();
+        shuffled.reverse();
+        shuffled.truncate(30);
+        shuffled.push(episode("other", "Summarizer", 1.0));
+        let part = Dataset::build(&shuffled, &spec(false)).unwrap();
+        for example in &part.validation {
+            assert!(all.validation.iter().any(|e| e.id == example.id));
+        }
+        for example in &part.train {
+            assert!(all.train.iter().any(|e| e.id == example.id));
+        }
+        let share = all.validation.len() as f64 / 40.0;
+        assert!((0.1..0.5).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn examples_drop_the_system_prompt_and_keep_good_answers_as_references() {
+        let episodes = vec![
+            episode("good", "Controller", 0.9),
+            episode("bad", "Controller", 0.1),
+            episode("good", "Controller", 0.9),
+        ];
+        let data = Dataset::build(
+            &episodes,
+            &DatasetSpec {
+                min_validation: 0,
+                ..spec(false)
+            },
+        )
+        .unwrap();
+        let examples: Vec<&Example> = data.train.iter().chain(&data.validation).collect();
+        assert_eq!(examples.len(), 2, "duplicates count once");
+        let good = examples.iter().find(|e| e.id == "good").unwrap();
+        assert_eq!(good.messages.len(), 1);
+        assert_eq!(good.input, "question good");
+        assert_eq!(good.reference.as_deref(), Some("answer good"));
+        let bad = examples.iter().find(|e| e.id == "bad").unwrap();
+        assert_eq!(bad.reference, None);
+        assert_eq!(bad.reward, Some(0.1));
+    }
+
+    #[test]
+    fn too_little_data_names_counts_and_keys() {
+        let episodes = vec![episode("a", "Controller", 0.1)];
+        let err = Dataset::build(&episodes, &spec(true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 episodes carry it, 1 unusable"), "{err}");
+        assert!(err.contains("apo.reference_min_reward"), "{err}");
+        assert!(err.contains("apo.min_validation_examples"), "{err}");
+    }
+}

@@ -443,3 +443,38 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shipped_prompt_tests {
+    use super::*;
+
+    /// Every heuristic operator on the shipped Controller prompt keeps its
+    /// placeholder, its numbered list numbered 1..n, and changes something.
+    #[test]
+    fn operators_work_on_the_shipped_controller_prompt() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/controller.txt");
+        let prompt = std::fs::read_to_string(path).unwrap();
+        let prompt = prompt.trim_end();
+        for seed in 0..25 {
+            let outputs = [
+                add_emphasis(prompt, &mut Rng::new(seed)),
+                add_constraint(prompt, &mut Rng::new(seed)),
+                reorder_instructions(prompt, &mut Rng::new(seed)),
+                simplify(prompt, &mut Rng::new(seed)),
+                add_example(prompt, "What is 2+2?", "4"),
+            ];
+            for out in outputs {
+                let out = out.expect("every operator applies to the Controller prompt");
+                assert_ne!(out, prompt);
+                assert!(out.contains("{user_name}"));
+                let numbers: Vec<usize> = out
+                    .lines()
+                    .filter_map(|line| line.split_once(". "))
+                    .filter_map(|(n, _)| n.parse().ok())
+                    .collect();
+                let expected: Vec<usize> = (1..=numbers.len()).collect();
+                assert_eq!(numbers, expected, "{out}");
+            }
+        }
+    }
+}
