@@ -9,7 +9,9 @@
 //! that is not a chat completion is retried like a 5xx. async-openai's client
 //! retries internally and reports only the final outcome.
 //!
-//! Retries use exponential backoff with jitter; the number of calls in flight
+//! Retries use exponential backoff with jitter; a `Retry-After` given in
+//! seconds replaces the backoff (capped by `Backoff::max`; an HTTP-date form
+//! falls back to the backoff). The number of calls in flight
 //! is bounded by a semaphore shared by all roles. The API key is read once
 //! from the environment variable `[llm] api_key_env` names and is never
 //! printed.
