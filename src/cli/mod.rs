@@ -54,14 +54,15 @@ pub enum Command {
     /// Check and show the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
-    /// Run one optimization over the traces collected so far.
-    Train(train::TrainArgs),
     /// Ask the learned tool-selection policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Import trace files into the store and summarize what it holds.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
+    /// Run one optimization (APO, RL or both) over the collected traces and
+    /// write its results.
+    Train(train::TrainArgs),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -70,9 +71,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.verbose);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
-        Command::Train(args) => train::run(args, &cli.global),
         Command::Policy(command) => policy::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
+        Command::Train(args) => train::run(args, &cli.global.load_config()?),
     }
 }
 

@@ -1,150 +1,226 @@
-//! `whetstone train`: one offline optimization run over collected traces.
-//!
-//! Until the store lands, traces are read straight from files: every file
-//! under `--traces` (default: `traces.dir` of the config), each line or
-//! whole-file document parsed by the trace readers, spans grouped by trace
-//! and assembled. Rejected input is counted and summarized, never fatal.
+//! `whetstone train --mode apo|rl|all --output-dir DIR [--traces PATH...]`:
+//! one offline optimization over the episodes in the store (after importing
+//! `--traces`, if given), writing its results into DIR. `all` runs APO, then
+//! RL, into the same directory.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{GlobalArgs, write_stdout};
+use crate::apo::{self, ProgressEvent};
+use crate::config::Config;
+use crate::ingest::{self, IngestOptions};
+use crate::llm::LlmClient;
 use crate::rl;
-use crate::trace::{self, Diagnostic, Episode, Record, Source, Span};
+use crate::store::{self, EpisodeFilter, Store};
+use crate::trace::Episode;
 
-/// What `train` optimizes.
+/// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TrainMode {
-    /// Learn the tool-selection policy with PPO.
+pub enum Mode {
+    /// Automatic prompt optimization of the prompt named in `[apo]`.
+    Apo,
+    /// The tool-selection policy, with PPO.
     Rl,
+    /// APO, then RL.
+    All,
 }
 
-/// Flags of `whetstone train`.
+/// Arguments of `train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// What to optimize.
     #[arg(long, value_enum)]
-    pub mode: TrainMode,
-    /// Directory for learned_policy.json and policy.safetensors.
+    pub mode: Mode,
+    /// Directory for the results: best_prompt.txt, all_variants.json,
+    /// optimization_summary.json and progress.svg (APO); learned_policy.json
+    /// and policy.safetensors (RL).
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,
-    /// Trace file or directory to learn from [default: traces.dir]
+    /// Trace files or directories to import into the store first (only what
+    /// is new since the last import is read; pending traces are assembled).
     #[arg(long, value_name = "PATH")]
-    pub traces: Option<PathBuf>,
+    pub traces: Vec<PathBuf>,
 }
 
-/// Runs one training run and prints its outcome.
-pub fn run(args: &TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let config = global.load_config()?;
-    let traces = args
-        .traces
-        .clone()
-        .unwrap_or_else(|| config.traces.dir.clone());
-    let (episodes, diagnostics) = read_episodes(&traces)?;
-    let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
-    for diagnostic in &diagnostics {
-        tracing::debug!(file = %diagnostic.file, line = diagnostic.line, reason = diagnostic.reason.as_str(), "{}", diagnostic.detail);
-        *rejected.entry(diagnostic.reason.as_str()).or_default() += 1;
-    }
-    if !diagnostics.is_empty() {
-        tracing::warn!(
-            ?rejected,
-            "some trace input was rejected (run with -v for each file and line)"
-        );
-    }
-    match args.mode {
-        TrainMode::Rl => {
-            let checkpoint_dir = config.data_dir.join("rl");
-            let report = rl::train(&episodes, &config.rl, &args.output_dir, &checkpoint_dir)?;
-            let skipped: usize = report.episodes.skipped.values().sum();
-            let text = format!(
-                "rl: {} episodes read ({} skipped: {:?}), {} training decisions, {} PPO iterations\n\
-                 rl: {} policy version {}: {}\n\
-                 rl: wrote {}\n",
-                report.episodes.received,
-                skipped,
-                report.episodes.skipped,
-                report.episodes.training_decisions,
-                report.training.iterations,
-                if report.promotion.promoted {
-                    "promoted"
-                } else {
-                    "kept"
-                },
-                report.promotion.policy_version,
-                report.promotion.reason,
-                args.output_dir.join(rl::report::REPORT_FILE).display(),
-            );
-            write_stdout(&text)?;
+/// Runs `train`.
+pub fn run(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.data_dir)?;
+    let mut out = io::stdout().lock();
+    if !args.traces.is_empty() {
+        let mut options = IngestOptions::from(&config.traces);
+        options.finalize = true;
+        let report = ingest::ingest_paths(&mut store, &args.traces, &options, &mut |_| {})
+            .context("importing --traces")?;
+        writeln!(
+            out,
+            "imported {} new episodes ({} duplicates skipped, {} rejected: see `whetstone traces stats`)",
+            report.episodes_new,
+            report.episodes_duplicate,
+            report.rejects_total()
+        )?;
+        for error in &report.file_errors {
+            writeln!(out, "cannot read {}: {}", error.path.display(), error.error)?;
         }
     }
+    if matches!(args.mode, Mode::Apo | Mode::All) {
+        train_apo(&store, args, config, &mut out)?;
+    }
+    if matches!(args.mode, Mode::Rl | Mode::All) {
+        train_rl(&store, args, config, &mut out)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
-/// Every episode in the trace files under `path`, and what was rejected.
-fn read_episodes(path: &Path) -> anyhow::Result<(Vec<Episode>, Vec<Diagnostic>)> {
-    let mut files = Vec::new();
-    collect_files(path, &mut files)?;
-    files.sort();
-    let mut episodes = Vec::new();
-    let mut spans: BTreeMap<String, Vec<Span>> = BTreeMap::new();
-    let mut diagnostics = Vec::new();
-    let mut keep = |record: Record| match record {
-        Record::Episode(episode) => episodes.push(*episode),
-        Record::Spans(list) => {
-            for span in list {
-                spans.entry(span.trace_id.clone()).or_default().push(span);
-            }
-        }
+fn load(store: &Store, prompt_name: Option<&str>) -> anyhow::Result<Vec<Episode>> {
+    let filter = EpisodeFilter {
+        prompt_name: prompt_name.map(str::to_string),
+        ..EpisodeFilter::default()
     };
-    for file in files {
-        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let name = file.display().to_string();
-        if trace::is_document(&bytes) {
-            match trace::parse_document(&bytes, &name) {
-                Ok(record) => keep(record),
-                Err(diagnostic) => diagnostics.push(diagnostic),
-            }
-            continue;
-        }
-        for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match trace::parse_line(
-                line,
-                &Source {
-                    file: name.clone(),
-                    line: index as u64 + 1,
-                },
-            ) {
-                Ok(record) => keep(record),
-                Err(diagnostic) => diagnostics.push(diagnostic),
-            }
-        }
-    }
-    for (_, trace_spans) in spans {
-        match trace::assemble(trace_spans) {
-            Ok(episode) => episodes.push(episode),
-            Err(diagnostic) => diagnostics.push(diagnostic),
-        }
-    }
-    Ok((episodes, diagnostics))
+    Ok(store
+        .load_episodes(&filter)?
+        .into_iter()
+        .map(|stored| stored.episode)
+        .collect())
 }
 
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let metadata = std::fs::metadata(path)
-        .with_context(|| format!("reading traces from {}", path.display()))?;
-    if !metadata.is_dir() {
-        out.push(path.to_path_buf());
-        return Ok(());
+fn train_rl(
+    store: &Store,
+    args: &TrainArgs,
+    config: &Config,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let episodes = load(store, None)?;
+    if episodes.is_empty() {
+        bail!(
+            "the store in {} holds no episode; import traces with --traces or `whetstone traces import`",
+            config.data_dir.display()
+        );
     }
-    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
-        collect_files(&entry?.path(), out)?;
+    let checkpoint_dir = config.data_dir.join("rl");
+    let report = rl::train(&episodes, &config.rl, &args.output_dir, &checkpoint_dir)?;
+    let skipped: usize = report.episodes.skipped.values().sum();
+    writeln!(
+        out,
+        "RL: {} episodes ({} skipped: {:?}), {} training decisions, {} PPO iterations",
+        report.episodes.received,
+        skipped,
+        report.episodes.skipped,
+        report.episodes.training_decisions,
+        report.training.iterations,
+    )?;
+    writeln!(
+        out,
+        "RL: {} policy version {}: {}",
+        if report.promotion.promoted {
+            "promoted"
+        } else {
+            "kept"
+        },
+        report.promotion.policy_version,
+        report.promotion.reason,
+    )?;
+    writeln!(
+        out,
+        "wrote {}",
+        args.output_dir.join(rl::report::REPORT_FILE).display()
+    )?;
+    Ok(())
+}
+
+fn train_apo(
+    store: &Store,
+    args: &TrainArgs,
+    config: &Config,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let episodes = load(store, Some(&config.apo.target_prompt))?;
+    if episodes.is_empty() {
+        bail!(
+            "the store in {} holds no episode for prompt `{}` (apo.target_prompt); \
+             import traces with --traces or `whetstone traces import`",
+            config.data_dir.display(),
+            config.apo.target_prompt
+        );
     }
+    // APO keeps its cache and ledger next to the episodes, on a connection
+    // of its own (the store's is busy being the store).
+    let db_path = config.data_dir.join(store::DB_FILE_NAME);
+    let conn = rusqlite::Connection::open(&db_path)
+        .with_context(|| format!("opening {}", db_path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let llm = LlmClient::new(config.llm.clone())?;
+
+    let bar = if io::stderr().is_terminal() {
+        ProgressBar::new(config.apo.generations.into()).with_style(
+            ProgressStyle::with_template("{spinner} APO [{bar:30}] generation {pos}/{len} {msg}")
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(apo::run(
+        &episodes,
+        &config.apo,
+        &llm,
+        &conn,
+        &args.output_dir,
+        |event| match event {
+            ProgressEvent::DatasetReady { train, validation } => {
+                bar.set_message(format!("{train} train / {validation} validation examples"));
+            }
+            ProgressEvent::GenerationStarted {
+                generation,
+                candidates,
+            } => bar.set_message(format!("gen {generation}: {candidates} new candidates")),
+            ProgressEvent::GenerationFinished {
+                generation,
+                best,
+                mean,
+                llm_calls,
+            } => {
+                bar.set_position(generation.into());
+                bar.set_message(format!(
+                    "best {best:.3}, mean {mean:.3}, {llm_calls} LLM calls"
+                ));
+            }
+            ProgressEvent::Stopped { reason } => bar.set_message(format!("stopped: {reason}")),
+            ProgressEvent::ValidationStarted { candidates } => {
+                bar.set_message(format!("validating {candidates} finalists"));
+            }
+        },
+    ))?;
+    bar.finish_and_clear();
+    writeln!(
+        out,
+        "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), best variant {} \
+         after {} generations ({})",
+        summary.target_prompt,
+        summary.baseline_reward,
+        summary.optimized_reward,
+        summary.improvement_pct,
+        summary.best_variant_id,
+        summary.generations,
+        summary.stop_reason
+    )?;
+    writeln!(
+        out,
+        "APO: {} LLM calls ({} failed), {} tokens in, {} tokens out, {} cache hits, {:.1}s",
+        summary.llm_calls,
+        summary.failed_calls,
+        summary.tokens_in,
+        summary.tokens_out,
+        summary.cache_hits,
+        summary.wall_time_secs
+    )?;
+    writeln!(out, "wrote {}", args.output_dir.display())?;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //!    at the first one);
 //! 3. [`Config::validate`] (out-of-range values: all of them are listed).
 //!
-//! Relative paths (`data_dir`, `traces.dir`) resolve against the directory of
+//! Relative paths (`data_dir`, `traces.dir`, the `apo` prompt files) resolve against the directory of
 //! the config file, or against the current directory when running on the
 //! embedded defaults; [`load`] returns them absolute.
 //!
@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::apo::ApoConfig;
 pub use error::{ConfigError, Location, Problem};
 pub use llm::LlmConfig;
 pub use traces::TracesConfig;
@@ -48,6 +49,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Tool-selection policy learning (PPO).
     pub rl: RlConfig,
+    /// Automatic prompt optimization.
+    pub apo: ApoConfig,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             traces: TracesConfig::default(),
             llm: LlmConfig::default(),
             rl: RlConfig::default(),
+            apo: ApoConfig::default(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl Config {
         check.section("traces", |check| self.traces.validate(check));
         check.section("llm", |check| self.llm.validate(check));
         check.section("rl", |check| self.rl.validate(check));
+        check.section("apo", |check| self.apo.check(check));
         check.finish()
     }
 
@@ -77,6 +82,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
         self.traces.resolve_paths(base);
+        self.apo.resolve_paths(base);
     }
 }
 

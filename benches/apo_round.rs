@@ -1,0 +1,101 @@
+//! Wall time of one APO evaluation round against the local test server.
+//!
+//! Every request to the server takes a fixed added latency L and the client
+//! runs at most C requests at once, so a round of N calls cannot finish
+//! faster than N × L / C. The claim measured here: the round takes at most
+//! 1.2 × that bound, i.e. the evaluator keeps all C slots busy and adds
+//! little overhead of its own. Each repetition uses a fresh cache, so every
+//! pair is really replayed.
+//!
+//! Run with `cargo bench --bench apo_round`; results go to stdout as CSV.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use support::TestServer;
+use whetstone::apo::{self, Budget, Evaluator, Scorer};
+use whetstone::llm::LlmClient;
+
+const PROMPTS: [&str; 8] = [
+    "Be helpful.",
+    "Be helpful. Cite the tool result.",
+    "Be helpful. Answer in one sentence.",
+    "Cite the tool result. Answer in one sentence.",
+    "Be brief.",
+    "Be kind. Cite the tool result.",
+    "Think step by step.",
+    "Be polite. Answer in one sentence.",
+];
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let server = TestServer::start().await;
+    let data = apo::Dataset::build(
+        &support::episodes(40),
+        &apo::DatasetSpec {
+            prompt_name: "Controller",
+            validation_fraction: 0.1,
+            min_train: 16,
+            min_validation: 1,
+            reference_min_reward: 0.5,
+            require_reference: true,
+        },
+    )
+    .unwrap();
+    let train: Vec<&apo::Example> = data.train.iter().take(16).collect();
+    println!(
+        "scorer,latency_ms,concurrency,calls,bound_ms,wall_ms_min,wall_ms_median,ratio_median"
+    );
+    for (latency_ms, concurrency) in [(50u64, 4usize), (50, 8), (50, 16), (20, 32)] {
+        server.set_latency(Duration::from_millis(latency_ms));
+        for judged in [false, true] {
+            let mut walls = Vec::new();
+            let mut calls = 0;
+            for _ in 0..5 {
+                let mut settings = server.settings();
+                settings.max_concurrency = concurrency;
+                let llm = LlmClient::new(settings).unwrap();
+                let conn = Connection::open_in_memory().unwrap();
+                conn.execute_batch(apo::cache::SCHEMA).unwrap();
+                let budget = Budget::new(u64::MAX, u64::MAX, concurrency);
+                let scorer = if judged {
+                    Scorer::LlmJudge {
+                        rubric: std::fs::read_to_string(concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/prompts/apo_judge.txt"
+                        ))
+                        .unwrap(),
+                    }
+                } else {
+                    Scorer::F1
+                };
+                let evaluator = Evaluator::new(&llm, &budget, &conn, scorer, 256);
+                let started = Instant::now();
+                let outcome = apo::evaluate_all(&evaluator, &PROMPTS, &train).await;
+                walls.push(started.elapsed());
+                assert!(outcome.scores.iter().all(|s| s.len() == train.len()));
+                let stats = evaluator.stats();
+                calls = stats.task_calls + stats.judge_calls;
+            }
+            walls.sort();
+            // A judged pair is two calls in sequence on its slot.
+            let bound = Duration::from_millis(latency_ms) * calls as u32 / concurrency as u32;
+            let median = walls[walls.len() / 2];
+            println!(
+                "{},{latency_ms},{concurrency},{calls},{},{},{},{:.3}",
+                if judged { "llm_judge" } else { "f1" },
+                bound.as_millis(),
+                walls[0].as_millis(),
+                median.as_millis(),
+                median.as_secs_f64() / bound.as_secs_f64()
+            );
+        }
+    }
+}

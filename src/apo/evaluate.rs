@@ -1,0 +1,359 @@
+//! Evaluation by replay: how well would the agent have done with this prompt?
+//!
+//! For each (candidate, example) pair the task model gets the candidate as
+//! its system prompt followed by the task messages recorded in the episode,
+//! and its response is scored: by the judge model against the reference
+//! answer, or by exact match / token F1 when a reference is known. Every
+//! scored pair goes into the store's cache first and is looked up there
+//! before any call, so nothing is paid for twice. All uncached pairs of a
+//! batch run concurrently, bounded by the client's concurrency limit.
+
+use std::cell::RefCell;
+
+use futures::future::join_all;
+use rusqlite::Connection;
+
+use super::budget::{Budget, CallError};
+use super::cache::{self, CachedEval, EvalKey};
+use super::dataset::Example;
+use crate::llm::{ChatRequest, LlmClient, Role};
+use crate::trace::{Message, TokenUsage};
+
+/// How responses are scored, with the judge rubric loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scorer {
+    /// Judge model with a rubric template holding `{{input}}`,
+    /// `{{reference}}` and `{{response}}`; it must answer `SCORE: <0-10>`.
+    LlmJudge {
+        rubric: String,
+    },
+    ExactMatch,
+    F1,
+}
+
+/// The score of one replayed example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExampleScore {
+    pub example_id: String,
+    /// In `[0, 1]`.
+    pub score: f64,
+    /// The task model's response.
+    pub response: String,
+}
+
+/// Counters over all evaluations of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalStats {
+    /// Pairs served from the cache.
+    pub cache_hits: u64,
+    /// Task-model requests sent.
+    pub task_calls: u64,
+    /// Judge requests sent.
+    pub judge_calls: u64,
+    /// Pairs left unscored because a call failed or the judge's reply had no score.
+    pub failures: u64,
+    /// Pairs left unscored because the budget ran out.
+    pub skipped_by_budget: u64,
+}
+
+/// Replays and scores candidates; one per run.
+pub struct Evaluator<'a> {
+    pub llm: &'a LlmClient,
+    pub budget: &'a Budget,
+    pub conn: &'a Connection,
+    pub scorer: Scorer,
+    pub max_response_tokens: u32,
+    params_hash: String,
+    stats: RefCell<EvalStats>,
+}
+
+enum PairResult {
+    Scored(ExampleScore, TokenUsage),
+    Failed(String),
+    Budget,
+}
+
+impl<'a> Evaluator<'a> {
+    /// An evaluator whose cache key covers the scorer, the judge model and
+    /// the sampling parameters.
+    pub fn new(
+        llm: &'a LlmClient,
+        budget: &'a Budget,
+        conn: &'a Connection,
+        scorer: Scorer,
+        max_response_tokens: u32,
+    ) -> Self {
+        let settings = llm.config();
+        let scorer_key = match &scorer {
+            Scorer::LlmJudge { rubric } => format!(
+                "llm_judge|{}|{}",
+                settings.judge_model,
+                cache::hash_text(rubric)
+            ),
+            Scorer::ExactMatch => "exact_match".to_string(),
+            Scorer::F1 => "f1".to_string(),
+        };
+        let params = format!(
+            "temperature={}|seed={:?}|max_tokens={}|scorer={}",
+            settings.temperature, settings.seed, max_response_tokens, scorer_key
+        );
+        Evaluator {
+            llm,
+            budget,
+            conn,
+            scorer,
+            max_response_tokens,
+            params_hash: cache::hash_text(&params),
+            stats: RefCell::new(EvalStats::default()),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EvalStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Scores each `(prompt, example)` pair; `None` where it could not be
+    /// scored (a failed call, or the budget ran out).
+    pub async fn evaluate(&self, pairs: &[(&str, &Example)]) -> Vec<Option<ExampleScore>> {
+        let model = self.llm.model(Role::Task).to_string();
+        let keys: Vec<EvalKey> = pairs
+            .iter()
+            .map(|(prompt, example)| EvalKey {
+                prompt_hash: cache::hash_text(prompt),
+                example_id: example.id.clone(),
+                model: model.clone(),
+                params_hash: self.params_hash.clone(),
+            })
+            .collect();
+        let mut results: Vec<Option<ExampleScore>> = vec![None; pairs.len()];
+        let mut misses = Vec::new();
+        for (idx, key) in keys.iter().enumerate() {
+            match cache::get(self.conn, key) {
+                Ok(Some(hit)) => {
+                    self.stats.borrow_mut().cache_hits += 1;
+                    results[idx] = Some(ExampleScore {
+                        example_id: key.example_id.clone(),
+                        score: hit.score,
+                        response: hit.response,
+                    });
+                }
+                Ok(None) => misses.push(idx),
+                Err(err) => {
+                    tracing::warn!(error = %err, "APO cache lookup failed; evaluating anew");
+                    misses.push(idx);
+                }
+            }
+        }
+        // The same pair can appear twice in one batch; pay for it once.
+        let mut unique: Vec<usize> = Vec::new();
+        for idx in &misses {
+            if !unique.iter().any(|other| keys[*other] == keys[*idx]) {
+                unique.push(*idx);
+            }
+        }
+        let outcomes = join_all(
+            unique
+                .iter()
+                .map(|idx| self.replay(pairs[*idx].0, pairs[*idx].1)),
+        )
+        .await;
+        for (idx, outcome) in unique.iter().zip(outcomes) {
+            match outcome {
+                PairResult::Scored(score, usage) => {
+                    let cached = CachedEval {
+                        response: score.response.clone(),
+                        score: score.score,
+                    };
+                    if let Err(err) = cache::put(
+                        self.conn,
+                        &keys[*idx],
+                        &cached,
+                        usage.input_tokens,
+                        usage.output_tokens,
+                    ) {
+                        tracing::warn!(error = %err, "APO cache write failed");
+                    }
+                    results[*idx] = Some(score);
+                }
+                PairResult::Failed(reason) => {
+                    tracing::warn!(example = %pairs[*idx].1.id, %reason, "replay failed");
+                    self.stats.borrow_mut().failures += 1;
+                }
+                PairResult::Budget => self.stats.borrow_mut().skipped_by_budget += 1,
+            }
+        }
+        for idx in misses {
+            if results[idx].is_none()
+                && let Some(first) = unique.iter().find(|other| keys[**other] == keys[idx])
+            {
+                results[idx] = results[*first].clone();
+            }
+        }
+        results
+    }
+
+    async fn replay(&self, prompt: &str, example: &Example) -> PairResult {
+        let mut messages = vec![Message {
+            role: "system".to_string(),
+            content: prompt.to_string(),
+        }];
+        messages.extend(example.messages.iter().cloned());
+        let request = ChatRequest {
+            role: Role::Task,
+            messages,
+            max_tokens: Some(self.max_response_tokens),
+        };
+        self.stats.borrow_mut().task_calls += 1;
+        let reply = match self.budget.chat(self.llm, &request).await {
+            Ok(reply) => reply,
+            Err(CallError::Budget(_)) => {
+                self.stats.borrow_mut().task_calls -= 1;
+                return PairResult::Budget;
+            }
+            Err(CallError::Llm(err)) => return PairResult::Failed(err.to_string()),
+        };
+        let mut usage = reply.usage;
+        let reference = example.reference.as_deref();
+        let score = match &self.scorer {
+            Scorer::ExactMatch => match reference {
+                Some(reference) => exact_match(&reply.text, reference),
+                None => return PairResult::Failed("no reference answer".into()),
+            },
+            Scorer::F1 => match reference {
+                Some(reference) => token_f1(&reply.text, reference),
+                None => return PairResult::Failed("no reference answer".into()),
+            },
+            Scorer::LlmJudge { rubric } => {
+                let text = rubric
+                    .replace("{{input}}", &example.input)
+                    .replace(
+                        "{{reference}}",
+                        reference.unwrap_or("(no reference answer is available)"),
+                    )
+                    .replace("{{response}}", &reply.text);
+                let judge_request = ChatRequest {
+                    role: Role::Judge,
+                    messages: vec![Message {
+                        role: "user".to_string(),
+                        content: text,
+                    }],
+                    max_tokens: Some(256),
+                };
+                self.stats.borrow_mut().judge_calls += 1;
+                let verdict = match self.budget.chat(self.llm, &judge_request).await {
+                    Ok(verdict) => verdict,
+                    Err(CallError::Budget(_)) => {
+                        self.stats.borrow_mut().judge_calls -= 1;
+                        return PairResult::Budget;
+                    }
+                    Err(CallError::Llm(err)) => return PairResult::Failed(err.to_string()),
+                };
+                usage.add(verdict.usage);
+                match parse_judge_score(&verdict.text) {
+                    Some(score) => score,
+                    None => {
+                        return PairResult::Failed(format!(
+                            "judge reply has no `SCORE: <0-10>`: {:.120}",
+                            verdict.text
+                        ));
+                    }
+                }
+            }
+        };
+        PairResult::Scored(
+            ExampleScore {
+                example_id: example.id.clone(),
+                score,
+                response: reply.text,
+            },
+            usage,
+        )
+    }
+}
+
+/// Lowercase words of `text`, punctuation removed.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// 1 when response and reference have the same words in the same order.
+pub fn exact_match(response: &str, reference: &str) -> f64 {
+    if words(response) == words(reference) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Token-level F1 between response and reference (bag of words).
+pub fn token_f1(response: &str, reference: &str) -> f64 {
+    let response = words(response);
+    let mut reference = words(reference);
+    if response.is_empty() || reference.is_empty() {
+        return if response.is_empty() && reference.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    let mut common = 0usize;
+    for word in &response {
+        if let Some(pos) = reference.iter().position(|other| other == word) {
+            reference.swap_remove(pos);
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let precision = common as f64 / response.len() as f64;
+    let recall = common as f64 / (common + reference.len()) as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
+/// Reads `SCORE: n` (0–10, the last one wins) and maps it to `[0, 1]`.
+pub fn parse_judge_score(text: &str) -> Option<f64> {
+    let lower = text.to_lowercase();
+    let at = lower.rfind("score")?;
+    let rest = lower[at + "score".len()..].trim_start_matches([':', ' ', '*', '=', '\t']);
+    let number: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let value: f64 = number.trim_end_matches('.').parse().ok()?;
+    (0.0..=10.0).contains(&value).then_some(value / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_match_ignores_case_and_punctuation() {
+        assert_eq!(
+            exact_match("It is 18C in Paris.", "it is 18c in paris"),
+            1.0
+        );
+        assert_eq!(exact_match("It is 18C.", "It is 19C."), 0.0);
+    }
+
+    #[test]
+    fn f1_gives_partial_credit() {
+        assert_eq!(token_f1("a b c", "a b c"), 1.0);
+        let partial = token_f1("a b x y", "a b c d");
+        assert!((partial - 0.5).abs() < 1e-9, "{partial}");
+        assert_eq!(token_f1("x", "a"), 0.0);
+    }
+
+    #[test]
+    fn judge_score_parsing() {
+        assert_eq!(parse_judge_score("Reasoning...\nSCORE: 7"), Some(0.7));
+        assert_eq!(parse_judge_score("**Score**: 10."), Some(1.0));
+        assert_eq!(parse_judge_score("score 11"), None);
+        assert_eq!(parse_judge_score("no number here"), None);
+    }
+}

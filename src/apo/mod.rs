@@ -1,0 +1,35 @@
+//! Automatic prompt optimization (APO): an evolutionary search over variants
+//! of one of the agent's prompts, each scored by replaying recorded episodes
+//! against an OpenAI-compatible endpoint.
+//!
+//! [`run`] is the entry point; the CLI and the daemon both call it.
+
+mod bandit;
+mod budget;
+pub mod cache;
+mod config;
+mod dataset;
+mod engine;
+mod evaluate;
+mod guardrails;
+mod mutate;
+mod operators;
+mod output;
+mod race;
+mod rng;
+mod select;
+
+pub use bandit::{ArmStats, Bandit};
+pub use budget::{Budget, CallError};
+pub use config::{ApoConfig, BudgetConfig, OPERATOR_NAMES, RacingConfig, ScorerConfig};
+pub use dataset::{Dataset, DatasetSpec, Example};
+pub use engine::{
+    ApoSummary, GenerationReport, OperatorReport, ProgressEvent, Variant, VariantStatus, run,
+};
+pub use evaluate::{EvalStats, Evaluator, ExampleScore, Scorer, exact_match, token_f1};
+pub use guardrails::Guardrails;
+pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
+pub use operators::{MetaPrompts, Rewriter, extract_prompt};
+pub use race::{RaceOutcome, evaluate_all, mean, race};
+pub use rng::Rng;
+pub use select::{Contender, select};
