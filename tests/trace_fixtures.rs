@@ -48,7 +48,7 @@ fn read_fixture(name: &str) -> Vec<Episode> {
     episodes.extend(
         traces
             .into_values()
-            .map(|spans| assemble(spans).unwrap_or_else(|d| panic!("{d}"))),
+            .map(|spans| assemble(&spans).unwrap_or_else(|d| panic!("{d}"))),
     );
     episodes.sort_by_key(|e| e.start_time_unix_nano);
     episodes

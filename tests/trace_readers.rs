@@ -61,7 +61,7 @@ fn episodes(lines: &[String]) -> Vec<Episode> {
         }
     }
     if !spans.is_empty() {
-        out.push(assemble(spans).unwrap());
+        out.push(assemble(&spans).unwrap());
     }
     out
 }
@@ -402,7 +402,7 @@ fn unknown_span_vocabulary_is_no_episode() {
     let Record::Spans(spans) = parse_line(request(vec![s]).as_bytes(), &source(3)).unwrap() else {
         panic!()
     };
-    let err = assemble(spans).unwrap_err();
+    let err = assemble(&spans).unwrap_err();
     assert_eq!(err.reason, Reason::NoEpisode);
     assert!(err.detail.contains("db.query"), "{err}");
 }

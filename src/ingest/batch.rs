@@ -1,20 +1,20 @@
-//! One ingestion batch: records go into an open store transaction, and the
-//! batch commits together with the cursor that says it was read.
+//! The store half of an ingestion batch: one transaction that writes what a
+//! sealed [`Staging`] holds, and the cursor that says it was read.
 //!
-//! Episodes and rejects are written as they are parsed. Spans are staged in
-//! memory by trace until the batch commits: a trace whose root arrived is
-//! then assembled directly, and only the spans of unfinished traces are
-//! written to `pending_spans`. Exporters write a trace's spans close
-//! together, so most traces never touch that table. A batch is bounded in
-//! lines and bytes, so staged spans are bounded too.
-
-use std::collections::{BTreeMap, HashSet};
+//! Episodes and rejects are written as staged. Each staged trace is checked
+//! against what the store already holds of it: a trace already finalized
+//! takes no new span (a re-read span is ignored, a new one is late); a trace
+//! with spans pending from earlier batches is assembled from all of them once
+//! its root is in; a trace the store knows nothing of takes the assembly the
+//! reader thread already made. Spans of traces still without a root wait in
+//! `pending_spans`.
 
 use sha2::{Digest, Sha256};
 
 use super::IngestReport;
-use crate::store::{FileCursor, IngestTx, RejectRow, Store, StoreError, TraceState, now_unix_ms};
-use crate::trace::{self, Diagnostic, Reason, Record, Span};
+use super::stage::{Item, StagedTrace, Staging, span_reject_row, too_many_spans};
+use crate::store::{FileCursor, IngestTx, RejectRow, Store, StoreError, episode_body, now_unix_ms};
+use crate::trace::{self, Diagnostic, Episode, Reason, Span};
 
 /// Where a record came from, for rejects.
 pub struct Origin<'a> {
@@ -29,163 +29,121 @@ pub struct Origin<'a> {
 /// An open batch.
 pub struct Batch<'s> {
     tx: IngestTx<'s>,
-    /// Spans read in this batch, by trace, with what the store held of each
-    /// trace when its first span of the batch arrived.
-    staged: BTreeMap<String, StagedTrace>,
     now_unix_ms: i64,
     max_spans_per_trace: u64,
-}
-
-/// The spans of one trace read in the current batch.
-struct StagedTrace {
-    stored: TraceState,
-    spans: Vec<Span>,
-    span_ids: HashSet<String>,
-    has_root: bool,
 }
 
 impl<'s> Batch<'s> {
     pub fn begin(store: &'s mut Store, max_spans_per_trace: u64) -> Result<Batch<'s>, StoreError> {
         Ok(Batch {
             tx: store.begin_ingest()?,
-            staged: BTreeMap::new(),
             now_unix_ms: now_unix_ms(),
             max_spans_per_trace,
         })
     }
 
-    /// Stores what one line or document yielded.
-    pub fn add(
-        &mut self,
-        parsed: Result<Record, Diagnostic>,
-        origin: &Origin<'_>,
-        report: &mut IngestReport,
-    ) -> Result<(), StoreError> {
-        match parsed {
-            Ok(Record::Episode(episode)) => self.insert_episode(&episode, &[], report),
-            Ok(Record::Spans(spans)) => {
-                for span in spans {
-                    self.admit_span(span, origin, report)?;
+    /// Writes a sealed staging: its episodes, rejects and traces.
+    pub fn apply(&mut self, staging: Staging, report: &mut IngestReport) -> Result<(), StoreError> {
+        for item in staging.items {
+            match item {
+                Item::Episode(episode, body) => {
+                    self.insert_episode(&episode, &body, &[], report)?
                 }
-                Ok(())
+                Item::Reject(row, diagnostic) => self.reject(row, diagnostic, report)?,
             }
-            Err(diagnostic) => self.reject(
-                RejectRow {
-                    file: origin.file.to_string(),
-                    line: diagnostic.line,
-                    offset: Some(origin.offset),
-                    reason: diagnostic.reason.as_str(),
-                    detail: diagnostic.detail.clone(),
-                    key: origin.key.to_string(),
-                },
-                diagnostic,
-                report,
-            ),
         }
+        for (trace_id, staged) in staging.traces {
+            self.apply_trace(&trace_id, staged, report)?;
+        }
+        Ok(())
     }
 
-    /// Records a reject found by the reader itself (not by a parser).
-    pub fn reject_input(
+    fn apply_trace(
         &mut self,
-        reason: Reason,
-        detail: String,
-        origin: &Origin<'_>,
+        trace_id: &str,
+        staged: StagedTrace,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        let diagnostic = Diagnostic::new(origin.file, origin.line, reason, detail);
-        let row = RejectRow {
-            file: origin.file.to_string(),
-            line: origin.line,
-            offset: Some(origin.offset),
-            reason: reason.as_str(),
-            detail: diagnostic.detail.clone(),
-            key: origin.key.to_string(),
-        };
-        self.reject(row, diagnostic, report)
+        report.spans_duplicate += staged.duplicates;
+        let stored = self.tx.trace_state(trace_id)?;
+        if stored.finalized {
+            for span in &staged.spans {
+                if self.tx.span_consumed(trace_id, &span.span_id)? {
+                    report.spans_duplicate += 1;
+                    continue;
+                }
+                let detail = format!(
+                    "span {} of trace {} arrived after the trace was finalized",
+                    span.span_id, span.trace_id
+                );
+                let diagnostic = Diagnostic::new(
+                    &span.source.file,
+                    span.source.line,
+                    Reason::LateSpan,
+                    detail,
+                );
+                self.reject(span_reject_row(span, &diagnostic), diagnostic, report)?;
+            }
+            return Ok(());
+        }
+        if stored.pending_spans == 0 {
+            report.spans_new += staged.spans.len() as u64;
+            return match staged.assembled {
+                Some(assembled) => {
+                    let span_ids: Vec<String> =
+                        staged.spans.iter().map(|s| s.span_id.clone()).collect();
+                    self.store_assembled(trace_id, assembled, &span_ids, report)
+                }
+                None => self.keep_pending(&staged.spans),
+            };
+        }
+        // The store holds earlier spans of this trace: add the new ones
+        // within the trace's limit, then assemble once the root is in.
+        let mut new_spans = Vec::with_capacity(staged.spans.len());
+        let mut held = stored.pending_spans;
+        for span in staged.spans {
+            if self.tx.span_pending(trace_id, &span.span_id)? {
+                report.spans_duplicate += 1;
+            } else if held >= self.max_spans_per_trace {
+                let diagnostic = too_many_spans(&span, self.max_spans_per_trace);
+                self.reject(span_reject_row(&span, &diagnostic), diagnostic, report)?;
+            } else {
+                held += 1;
+                new_spans.push(span);
+            }
+        }
+        report.spans_new += new_spans.len() as u64;
+        if staged.has_root || stored.pending_root {
+            let mut spans = self.tx.take_pending(trace_id)?;
+            spans.extend(new_spans);
+            return self.finish_trace(trace_id, spans, report);
+        }
+        self.keep_pending(&new_spans)
+    }
+
+    fn keep_pending(&mut self, spans: &[Span]) -> Result<(), StoreError> {
+        for span in spans {
+            self.tx.insert_pending(span, self.now_unix_ms)?;
+        }
+        Ok(())
     }
 
     fn insert_episode(
         &mut self,
-        episode: &trace::Episode,
+        episode: &Episode,
+        body: &str,
         span_ids: &[String],
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
         if self
             .tx
-            .insert_episode(episode, span_ids, self.now_unix_ms)?
+            .insert_episode(episode, body, span_ids, self.now_unix_ms)?
         {
             report.episodes_new += 1;
         } else {
             report.episodes_duplicate += 1;
         }
         Ok(())
-    }
-
-    /// Stages a span, unless it is known already, late, or over its trace's
-    /// span limit (the last two are rejects).
-    fn admit_span(
-        &mut self,
-        span: Span,
-        origin: &Origin<'_>,
-        report: &mut IngestReport,
-    ) -> Result<(), StoreError> {
-        if !self.staged.contains_key(&span.trace_id) {
-            let stored = self.tx.trace_state(&span.trace_id)?;
-            let staged = StagedTrace {
-                stored,
-                spans: Vec::new(),
-                span_ids: HashSet::new(),
-                has_root: false,
-            };
-            self.staged.insert(span.trace_id.clone(), staged);
-        }
-        let staged = self.staged.get_mut(&span.trace_id).expect("inserted above");
-        let (reason, detail) = if staged.stored.finalized {
-            if self.tx.span_consumed(&span.trace_id, &span.span_id)? {
-                report.spans_duplicate += 1;
-                return Ok(());
-            }
-            let detail = format!(
-                "span {} of trace {} arrived after the trace was finalized",
-                span.span_id, span.trace_id
-            );
-            (Reason::LateSpan, detail)
-        } else if staged.span_ids.contains(&span.span_id)
-            || (staged.stored.pending_spans > 0
-                && self.tx.span_pending(&span.trace_id, &span.span_id)?)
-        {
-            report.spans_duplicate += 1;
-            return Ok(());
-        } else if staged.stored.pending_spans + staged.spans.len() as u64
-            >= self.max_spans_per_trace
-        {
-            let detail = format!(
-                "trace {} already holds traces.max_spans_per_trace = {} spans; span {} dropped",
-                span.trace_id, self.max_spans_per_trace, span.span_id
-            );
-            (Reason::TooLarge, detail)
-        } else {
-            report.spans_new += 1;
-            staged.has_root |= span.is_root();
-            staged.span_ids.insert(span.span_id.clone());
-            staged.spans.push(span);
-            return Ok(());
-        };
-        let diagnostic = Diagnostic::new(origin.file, span.source.line, reason, detail);
-        let row = RejectRow {
-            file: origin.file.to_string(),
-            line: span.source.line,
-            offset: Some(origin.offset),
-            reason: reason.as_str(),
-            detail: diagnostic.detail.clone(),
-            key: content_key(&[
-                b"span:",
-                span.trace_id.as_bytes(),
-                b":",
-                span.span_id.as_bytes(),
-            ]),
-        };
-        self.reject(row, diagnostic, report)
     }
 
     fn reject(
@@ -223,10 +181,27 @@ impl<'s> Batch<'s> {
             return Ok(());
         }
         let span_ids: Vec<String> = spans.iter().map(|s| s.span_id.clone()).collect();
-        match trace::assemble(spans) {
-            Ok(episode) => self.insert_episode(&episode, &span_ids, report),
+        let assembled = match trace::assemble(&spans) {
+            Ok(episode) => {
+                let body = episode_body(&episode)?;
+                Ok((episode, body))
+            }
+            Err(diagnostic) => Err(diagnostic),
+        };
+        self.store_assembled(trace_id, assembled, &span_ids, report)
+    }
+
+    fn store_assembled(
+        &mut self,
+        trace_id: &str,
+        assembled: Result<(Episode, String), Diagnostic>,
+        span_ids: &[String],
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        match assembled {
+            Ok((episode, body)) => self.insert_episode(&episode, &body, span_ids, report),
             Err(diagnostic) => {
-                self.tx.mark_consumed(trace_id, &span_ids)?;
+                self.tx.mark_consumed(trace_id, span_ids)?;
                 let row = RejectRow {
                     file: diagnostic.file.clone(),
                     line: diagnostic.line,
@@ -250,31 +225,8 @@ impl<'s> Batch<'s> {
         self.tx.quiet_traces(arrived_before_unix_ms, limit)
     }
 
-    /// Assembles every staged trace whose root has arrived, keeps the spans
-    /// of the others pending, writes the cursor (if any) and commits.
-    pub fn commit(
-        mut self,
-        cursor: Option<&FileCursor>,
-        report: &mut IngestReport,
-    ) -> Result<(), StoreError> {
-        for (trace_id, staged) in std::mem::take(&mut self.staged) {
-            if staged.stored.finalized || staged.spans.is_empty() {
-                continue;
-            }
-            if staged.has_root || staged.stored.pending_root {
-                let mut spans = if staged.stored.pending_spans > 0 {
-                    self.tx.take_pending(&trace_id)?
-                } else {
-                    Vec::new()
-                };
-                spans.extend(staged.spans);
-                self.finish_trace(&trace_id, spans, report)?;
-            } else {
-                for span in &staged.spans {
-                    self.tx.insert_pending(span, self.now_unix_ms)?;
-                }
-            }
-        }
+    /// Writes the cursor (if any) and commits.
+    pub fn commit(self, cursor: Option<&FileCursor>) -> Result<(), StoreError> {
         if let Some(cursor) = cursor {
             self.tx.set_cursor(cursor)?;
         }

@@ -9,11 +9,13 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::sync::mpsc;
 
 use serde::de::IgnoredAny;
 
 use super::batch::{Batch, Origin, content_key};
 use super::lines::{LineReader, NextLine};
+use super::stage::Staging;
 use super::{IngestOptions, IngestReport};
 use crate::store::{FileCursor, FileIdentity, Layout, Store, StoreError, now_unix_ms};
 use crate::trace::{self, Reason, Source};
@@ -114,25 +116,31 @@ fn read_head(mut file: &File, size: u64) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// One batch read and staged by the reader thread, and where it ends.
+struct ReadBatch {
+    staging: Staging,
+    end_offset: u64,
+    end_line: u64,
+    lines: u64,
+}
+
 /// Reads complete lines from `resume` = (byte offset, lines before it).
+///
+/// A reader thread reads, parses and stages batches (see `stage.rs`) while
+/// this thread commits the previous one; the channel holds one batch, so
+/// memory stays at about three batches whatever the file size.
 fn ingest_lines(
     store: &mut Store,
     open: &OpenFile,
     head: &[u8],
-    (start_offset, start_line): (u64, u64),
+    resume: (u64, u64),
     options: &IngestOptions,
     report: &mut IngestReport,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), FileError> {
-    if start_offset == open.size {
+    if resume.0 == open.size {
         return Ok(());
     }
-    (&open.file).seek(SeekFrom::Start(start_offset))?;
-    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, &open.file);
-    let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
-    let mut lines = LineReader::new(reader, start_offset, max_line_bytes);
-    let mut line = Vec::new();
-    let mut line_no = start_line;
     let cursor_at = |offset: u64, line: u64| {
         let fingerprint_len = head.len().min(offset as usize);
         FileCursor {
@@ -147,8 +155,51 @@ fn ingest_lines(
         }
     };
     let max_spans = options.max_spans_per_trace as u64;
-    let mut batch = Batch::begin(store, max_spans)?;
-    let (mut batch_lines, mut batch_start) = (0usize, start_offset);
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::sync_channel::<ReadBatch>(1);
+        let reader = scope.spawn(move || read_batches(open, resume, options, sender));
+        let mut batch_start = resume.0;
+        let mut stored = Ok(());
+        for read in receiver.iter() {
+            let commit = || -> Result<(), StoreError> {
+                let mut batch = Batch::begin(store, max_spans)?;
+                batch.apply(read.staging, report)?;
+                batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))
+            };
+            if let Err(err) = commit() {
+                stored = Err(FileError::Store(err));
+                break;
+            }
+            report.lines += read.lines;
+            report.bytes += read.end_offset - batch_start;
+            progress(read.end_offset - batch_start);
+            batch_start = read.end_offset;
+        }
+        // Dropping the receiver stops a reader still sending.
+        drop(receiver);
+        let read = reader.join().expect("trace reader thread panicked");
+        stored.and(read)
+    })
+}
+
+/// The reader thread: reads complete lines from `resume`, parses and stages
+/// them, and sends a sealed batch every `batch_lines` lines or
+/// [`BATCH_MAX_BYTES`] bytes, and at the end.
+fn read_batches(
+    open: &OpenFile,
+    (start_offset, start_line): (u64, u64),
+    options: &IngestOptions,
+    sender: mpsc::SyncSender<ReadBatch>,
+) -> Result<(), FileError> {
+    let mut file = &open.file;
+    file.seek(SeekFrom::Start(start_offset))?;
+    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
+    let mut lines = LineReader::new(reader, start_offset, max_line_bytes);
+    let mut line = Vec::new();
+    let mut line_no = start_line;
+    let mut staging = Staging::new(options.max_spans_per_trace);
+    let (mut batch_lines, mut batch_start) = (0u64, start_offset);
     let mut read_error = None;
     loop {
         let line_offset = lines.offset();
@@ -163,7 +214,6 @@ fn ingest_lines(
             NextLine::End => break,
             NextLine::Line => {
                 line_no += 1;
-                report.lines += 1;
                 if !line.trim_ascii().is_empty() {
                     let source = Source {
                         file: open.path.clone(),
@@ -181,12 +231,11 @@ fn ingest_lines(
                         offset: line_offset,
                         key: &key,
                     };
-                    batch.add(parsed, &origin, report)?;
+                    staging.add(parsed, &origin)?;
                 }
             }
             NextLine::TooLong { len } => {
                 line_no += 1;
-                report.lines += 1;
                 let key = content_key(&[&line, &len.to_le_bytes()]);
                 let origin = Origin {
                     file: &open.path,
@@ -198,23 +247,34 @@ fn ingest_lines(
                     "line of {len} bytes exceeds traces.max_line_bytes = {}",
                     options.max_line_bytes
                 );
-                batch.reject_input(Reason::LineTooLong, detail, &origin, report)?;
+                staging.reject_input(Reason::LineTooLong, detail, &origin);
             }
         }
         batch_lines += 1;
-        if batch_lines >= options.batch_lines || lines.offset() - batch_start >= BATCH_MAX_BYTES {
-            let offset = lines.offset();
-            batch.commit(Some(&cursor_at(offset, line_no)), report)?;
-            report.bytes += offset - batch_start;
-            progress(offset - batch_start);
-            batch = Batch::begin(store, max_spans)?;
-            (batch_lines, batch_start) = (0, offset);
+        if batch_lines >= options.batch_lines as u64
+            || lines.offset() - batch_start >= BATCH_MAX_BYTES
+        {
+            let full = std::mem::replace(&mut staging, Staging::new(options.max_spans_per_trace));
+            let batch = ReadBatch {
+                staging: full.seal()?,
+                end_offset: lines.offset(),
+                end_line: line_no,
+                lines: batch_lines,
+            };
+            if sender.send(batch).is_err() {
+                return Ok(()); // The store side stopped and reports why.
+            }
+            (batch_lines, batch_start) = (0, lines.offset());
         }
     }
-    let offset = lines.offset();
-    batch.commit(Some(&cursor_at(offset, line_no)), report)?;
-    report.bytes += offset - batch_start;
-    progress(offset - batch_start);
+    let last = ReadBatch {
+        staging: staging.seal()?,
+        end_offset: lines.offset(),
+        end_line: line_no,
+        lines: batch_lines,
+    };
+    // A send error means the store side stopped; it reports why.
+    let _ = sender.send(last);
     match read_error {
         Some(err) => Err(FileError::Io(err)),
         None => Ok(()),
@@ -288,13 +348,15 @@ fn ingest_document(
         if !options.finalize && quiet_for_ms < options.quiet_period_secs as i64 * 1000 {
             return Ok(DocumentOutcome::Done);
         }
-        let mut batch = Batch::begin(store, max_spans)?;
         let detail = format!(
             "multi-line JSON document still incomplete after {}s without change",
             quiet_for_ms / 1000
         );
-        batch.reject_input(Reason::IncompleteDocument, detail, &origin, report)?;
-        batch.commit(Some(&cursor_with(size, now)), report)?;
+        let mut staging = Staging::new(options.max_spans_per_trace);
+        staging.reject_input(Reason::IncompleteDocument, detail, &origin);
+        let mut batch = Batch::begin(store, max_spans)?;
+        batch.apply(staging, report)?;
+        batch.commit(Some(&cursor_with(size, now)))?;
         return Ok(DocumentOutcome::Done);
     }
     if cursor.as_ref().is_some_and(|c| c.offset > 0) {
@@ -305,22 +367,24 @@ fn ingest_document(
     if matches!(complete, Some(Err(_))) && holds_json_lines(&bytes) {
         return Ok(DocumentOutcome::ReadAsLines);
     }
-    let mut batch = Batch::begin(store, max_spans)?;
+    let mut staging = Staging::new(options.max_spans_per_trace);
     if !within_bounds {
         let detail = format!(
             "document of {} bytes exceeds traces.max_document_bytes = {}",
             open.size, options.max_document_bytes
         );
-        batch.reject_input(Reason::TooLarge, detail, &origin, report)?;
+        staging.reject_input(Reason::TooLarge, detail, &origin);
     } else if complete.is_some_and(|res| res.is_err_and(|err| err.is_eof())) {
         // Being written: wait for the rest, remembering since when it is
         // unchanged.
-        batch.commit(Some(&cursor_with(0, now)), report)?;
+        Batch::begin(store, max_spans)?.commit(Some(&cursor_with(0, now)))?;
         return Ok(DocumentOutcome::Done);
     } else {
-        batch.add(trace::parse_document(&bytes, &open.path), &origin, report)?;
+        staging.add(trace::parse_document(&bytes, &open.path), &origin)?;
     }
-    batch.commit(Some(&cursor_with(size, now)), report)?;
+    let mut batch = Batch::begin(store, max_spans)?;
+    batch.apply(staging.seal()?, report)?;
+    batch.commit(Some(&cursor_with(size, now)))?;
     report.bytes += size;
     progress(size);
     Ok(DocumentOutcome::Done)

@@ -20,6 +20,7 @@ mod batch;
 mod file;
 mod lines;
 mod scan;
+mod stage;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -220,7 +221,7 @@ pub fn finalize_quiet_traces(
         for trace_id in &trace_ids {
             batch.finalize_trace(trace_id, report)?;
         }
-        batch.commit(None, report)?;
+        batch.commit(None)?;
     }
 }
 

@@ -199,7 +199,7 @@ fn finish_trace(
     report: &mut ScanReport,
     emit: &mut dyn FnMut(Episode) -> io::Result<()>,
 ) -> io::Result<()> {
-    match trace::assemble(spans) {
+    match trace::assemble(&spans) {
         Ok(episode) => {
             report.episodes += 1;
             emit(episode)

@@ -47,23 +47,29 @@ pub struct TraceState {
     pub pending_root: bool,
 }
 
+/// The stored JSON form of an episode.
+pub fn episode_body(episode: &Episode) -> Result<String, StoreError> {
+    serde_json::to_string(episode).map_err(|source| StoreError::CorruptBody {
+        what: format!("episode {}", episode.trace_id),
+        source,
+    })
+}
+
 impl<'c> IngestTx<'c> {
     pub(super) fn new(tx: Transaction<'c>) -> IngestTx<'c> {
         IngestTx { tx }
     }
 
-    /// Inserts an episode unless one with the same trace id exists, with the
-    /// ids of the spans it was assembled from. Returns whether it was new.
+    /// Inserts an episode, whose JSON is `body` (from [`episode_body`]),
+    /// unless one with the same trace id exists, with the ids of the spans it
+    /// was assembled from. Returns whether it was new.
     pub fn insert_episode(
         &self,
         episode: &Episode,
+        body: &str,
         span_ids: &[String],
         now_unix_ms: i64,
     ) -> Result<bool, StoreError> {
-        let body = serde_json::to_string(episode).map_err(|source| StoreError::CorruptBody {
-            what: format!("episode {}", episode.trace_id),
-            source,
-        })?;
         let status = match episode.status {
             Status::Ok => "ok",
             Status::Error => "error",
@@ -314,6 +320,10 @@ mod tests {
         }
     }
 
+    fn insert(tx: &IngestTx<'_>, e: &Episode) -> Result<bool, StoreError> {
+        tx.insert_episode(e, &episode_body(e).unwrap(), &[], 5)
+    }
+
     fn span(trace_id: &str, span_id: &str, parent: Option<&str>) -> Span {
         Span {
             trace_id: trace_id.to_string(),
@@ -336,9 +346,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let tx = store.begin_ingest().unwrap();
-        assert!(tx.insert_episode(&episode("a", "p", 1.0), &[], 5).unwrap());
-        assert!(!tx.insert_episode(&episode("a", "p", 0.0), &[], 5).unwrap());
-        assert!(tx.insert_episode(&episode("b", "q", 0.0), &[], 5).unwrap());
+        assert!(insert(&tx, &episode("a", "p", 1.0)).unwrap());
+        assert!(!insert(&tx, &episode("a", "p", 0.0)).unwrap());
+        assert!(insert(&tx, &episode("b", "q", 0.0)).unwrap());
         tx.commit().unwrap();
 
         let stats = store.stats().unwrap();
@@ -383,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let tx = store.begin_ingest().unwrap();
-        tx.insert_episode(&episode("a", "p", 1.0), &[], 5).unwrap();
+        insert(&tx, &episode("a", "p", 1.0)).unwrap();
         drop(tx);
         assert_eq!(store.episode_count().unwrap(), 0);
     }
@@ -419,7 +429,9 @@ mod tests {
         assert_eq!(tx.trace_state("t").unwrap(), TraceState::default());
 
         let ids = vec!["c".to_string(), "r".to_string()];
-        tx.insert_episode(&episode("t", "p", 1.0), &ids, 3).unwrap();
+        let e = episode("t", "p", 1.0);
+        tx.insert_episode(&e, &episode_body(&e).unwrap(), &ids, 3)
+            .unwrap();
         assert!(tx.trace_state("t").unwrap().finalized);
         assert!(tx.span_consumed("t", "c").unwrap());
         assert!(!tx.span_consumed("t", "new").unwrap());

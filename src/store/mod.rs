@@ -22,7 +22,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use cursor::{FileCursor, FileIdentity, Layout};
 pub use episodes::{EpisodeFilter, StoredEpisode};
-pub use ingest_tx::{IngestTx, RejectRow, TraceState};
+pub use ingest_tx::{IngestTx, RejectRow, TraceState, episode_body};
 pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
 
 /// File name of the database inside the data directory.

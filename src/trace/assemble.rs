@@ -86,7 +86,8 @@ fn classify(span: &Span) -> Role {
 }
 
 /// Builds one episode from all spans of one trace. See [`super::assemble`].
-pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
+pub(super) fn assemble(spans: &[Span]) -> Result<Episode, Diagnostic> {
+    let mut spans: Vec<&Span> = spans.iter().collect();
     let Some(first) = spans.first() else {
         return Err(Diagnostic::new("", 0, Reason::NoEpisode, "no spans"));
     };
@@ -105,7 +106,7 @@ pub(super) fn assemble(mut spans: Vec<Span>) -> Result<Episode, Diagnostic> {
                 .position(|s| !s.parent_span_id.as_deref().is_some_and(|p| ids.contains(p)))
         })
         .unwrap_or(0);
-    let roles: Vec<Role> = spans.iter().map(classify).collect();
+    let roles: Vec<Role> = spans.iter().map(|span| classify(span)).collect();
     let index_of: HashMap<&str, usize> = spans
         .iter()
         .enumerate()

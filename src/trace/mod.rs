@@ -129,6 +129,6 @@ pub fn parse_document(bytes: &[u8], file: &str) -> Result<Record, Diagnostic> {
 /// present, its prompt identity and rewards; LLM and tool spans become steps
 /// ordered by start time. Fails with [`Reason::NoEpisode`] when no span is
 /// recognizable as an LLM call, tool execution, agent run or reward.
-pub fn assemble(spans: Vec<Span>) -> Result<Episode, Diagnostic> {
+pub fn assemble(spans: &[Span]) -> Result<Episode, Diagnostic> {
     assemble::assemble(spans)
 }
