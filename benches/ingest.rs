@@ -9,6 +9,8 @@
 //!    child process; its peak RSS comes from `getrusage(RUSAGE_CHILDREN)`.
 //!    Target: <= 200 MB.
 //!
+//! Both sides run in this process with the binary's allocator (mimalloc).
+//!
 //! Run: `cargo bench --bench ingest` (sizes: WHETSTONE_BENCH_MB,
 //! WHETSTONE_BENCH_RSS_MB; WHETSTONE_BENCH_CORPUS_OUT=FILE only writes the
 //! corpus, for profiling). Record the output in docs/BENCHMARKS.md.
@@ -24,6 +26,10 @@ use std::time::Instant;
 
 use whetstone::ingest::{IngestOptions, ingest_paths};
 use whetstone::store::Store;
+
+/// The allocator the `whetstone` binary uses, for both sides of the ratio.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_mb(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -29,7 +29,7 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// A batch also ends after this many bytes of lines, so a batch of long
 /// lines keeps transactions short.
-const BATCH_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const BATCH_MAX_BYTES: u64 = 1024 * 1024;
 
 /// A file opened for this pass.
 pub struct OpenFile {
@@ -157,7 +157,9 @@ fn ingest_lines(
     let max_spans = options.max_spans_per_trace as u64;
     std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::sync_channel::<ReadBatch>(1);
-        let reader = scope.spawn(move || read_batches(open, resume, options, sender));
+        let reader = std::thread::Builder::new()
+            .name("trace-reader".into())
+            .spawn_scoped(scope, move || read_batches(open, resume, options, sender))?;
         let mut batch_start = resume.0;
         let mut stored = Ok(());
         for read in receiver.iter() {

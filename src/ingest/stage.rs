@@ -9,7 +9,7 @@
 //! together). The store side checks, and assembles again from all spans when
 //! the store did hold some (see `batch.rs`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::batch::{Origin, content_key};
 use crate::store::{RejectRow, StoreError, episode_body};
@@ -36,7 +36,6 @@ pub enum Item {
 #[derive(Default)]
 pub struct StagedTrace {
     pub spans: Vec<Span>,
-    span_ids: HashSet<String>,
     pub has_root: bool,
     /// Spans read again within this batch.
     pub duplicates: u64,
@@ -100,7 +99,8 @@ impl Staging {
 
     fn add_span(&mut self, span: Span) {
         let staged = self.traces.entry(span.trace_id.clone()).or_default();
-        if staged.span_ids.contains(&span.span_id) {
+        // Traces hold a handful of spans: a scan beats hashing here.
+        if staged.spans.iter().any(|s| s.span_id == span.span_id) {
             staged.duplicates += 1;
             return;
         }
@@ -113,7 +113,6 @@ impl Staging {
             return;
         }
         staged.has_root |= span.is_root();
-        staged.span_ids.insert(span.span_id.clone());
         staged.spans.push(span);
     }
 

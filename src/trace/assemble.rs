@@ -583,10 +583,7 @@ fn read_genai_json(
     a: &Map<String, Value>,
 ) -> (Vec<Message>, Option<String>, Vec<RequestedToolCall>) {
     let mut input_messages = Vec::new();
-    if let Some(parts) = a
-        .get("gen_ai.system_instructions")
-        .map(|v| parse_json_string(v.clone()))
-    {
+    if let Some(parts) = a.get("gen_ai.system_instructions").map(json_of) {
         let content = parts_text(&parts);
         if !content.is_empty() {
             input_messages.push(Message {
@@ -595,9 +592,7 @@ fn read_genai_json(
             });
         }
     }
-    let inputs = a
-        .get("gen_ai.input.messages")
-        .map(|v| parse_json_string(v.clone()));
+    let inputs = a.get("gen_ai.input.messages").map(json_of);
     for m in inputs
         .as_ref()
         .and_then(Value::as_array)
@@ -615,9 +610,7 @@ fn read_genai_json(
     }
     let mut output_text = None;
     let mut tool_calls = Vec::new();
-    let outputs = a
-        .get("gen_ai.output.messages")
-        .map(|v| parse_json_string(v.clone()));
+    let outputs = a.get("gen_ai.output.messages").map(json_of);
     for m in outputs
         .as_ref()
         .and_then(Value::as_array)
@@ -681,10 +674,7 @@ fn declared_tools(a: &Map<String, Value>) -> Vec<String> {
             .or_else(|| d.get("function")?.get("name"))
             .map(text_of)
     };
-    if let Some(defs) = a
-        .get("gen_ai.tool.definitions")
-        .map(|v| parse_json_string(v.clone()))
-    {
+    if let Some(defs) = a.get("gen_ai.tool.definitions").map(json_of) {
         names.extend(
             defs.as_array()
                 .into_iter()
@@ -705,7 +695,7 @@ fn declared_tools(a: &Map<String, Value>) -> Vec<String> {
         let schema = tool
             .get("tool")
             .and_then(|t| t.get("json_schema"))
-            .map(|v| parse_json_string(v.clone()));
+            .map(json_of);
         names.extend(schema.as_ref().and_then(definition_name));
     }
     names.dedup();
@@ -774,6 +764,17 @@ fn unquote(value: Value) -> Value {
             serde_json::from_str::<String>(s).map_or(value, Value::String)
         }
         _ => value,
+    }
+}
+
+/// Like [`parse_json_string`], from a borrowed value: the attribute's text
+/// is parsed in place, not copied first.
+fn json_of(value: &Value) -> Value {
+    match value {
+        Value::String(s) if s.starts_with(['{', '[']) => {
+            serde_json::from_str(s).unwrap_or_else(|_| value.clone())
+        }
+        _ => value.clone(),
     }
 }
 
