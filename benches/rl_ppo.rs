@@ -12,7 +12,7 @@ use whetstone::rl::batch::ActionSpace;
 use whetstone::rl::features::FeatureSpec;
 use whetstone::rl::policy::Architecture;
 use whetstone::rl::report::BehaviorSource;
-use whetstone::rl::rng::Rng;
+use whetstone::rng::Rng;
 use whetstone::rl::transitions::{EpisodeDecisions, extract};
 use whetstone::rl::{RlConfig, ppo, train};
 

@@ -6,7 +6,7 @@
 //! configured weight, so operators whose children improve get picked more,
 //! the others keep a chance, and weight 0 switches an operator off.
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Statistics of one operator, as reported in the summary.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -31,7 +31,7 @@ use super::mutate;
 use super::operators::{Failure, MetaPrompts, Rewriter};
 use super::output;
 use super::race::{self, RaceOutcome};
-use super::rng::Rng;
+use crate::rng::Rng;
 use super::select::{self, Contender};
 use crate::llm::LlmClient;
 use crate::trace::Episode;
@@ -174,6 +174,8 @@ pub async fn run(
     }
     let started = Instant::now();
     let stats_before = llm.stats();
+    // The store creates these tables (migration 2); a connection to any
+    // other database (tests, a scratch file) gets them here. Idempotent.
     conn.execute_batch(cache::SCHEMA)
         .context("creating the APO cache tables")?;
     let baseline = std::fs::read_to_string(&cfg.baseline_prompt_file).with_context(|| {

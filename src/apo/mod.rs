@@ -16,7 +16,6 @@ mod mutate;
 mod operators;
 mod output;
 mod race;
-mod rng;
 mod select;
 
 pub use bandit::{ArmStats, Bandit};
@@ -31,5 +30,5 @@ pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
 pub use operators::{MetaPrompts, Rewriter, extract_prompt};
 pub use race::{RaceOutcome, evaluate_all, mean, race};
-pub use rng::Rng;
+pub use crate::rng::Rng;
 pub use select::{Contender, select};

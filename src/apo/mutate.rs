@@ -10,7 +10,7 @@
 //! so a seeded run repeats exactly. An operator that cannot apply (nothing to
 //! drop, every constraint already present) returns `None`.
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Constraints `add_constraint` picks from: generic rules that often fix
 /// tool-using agents.

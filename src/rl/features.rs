@@ -7,7 +7,7 @@
 //! see the same features after a compiler upgrade (std's hasher promises no
 //! stability).
 
-use super::rng::mix64;
+use crate::rng::mix64;
 
 /// Step indices at or beyond this share the last one-hot bucket.
 pub const STEP_BUCKETS: usize = 8;

@@ -25,7 +25,6 @@ pub mod optimizer;
 pub mod policy;
 pub mod ppo;
 pub mod report;
-pub mod rng;
 pub mod train;
 pub mod transitions;
 

@@ -121,7 +121,7 @@ mod tests {
     use super::*;
     use crate::rl::features::FeatureSpec;
     use crate::rl::policy::Architecture;
-    use crate::rl::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn first_adam_step_moves_each_weight_by_lr_against_the_gradient_sign() {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::features::FeatureSpec;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Network shape; a checkpoint only loads into the same shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use super::config::RlConfig;
 use super::gae::gae;
 use super::optimizer::{Adam, clip_coefficient};
 use super::policy::PolicyNet;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Everything PPO needs about the logged decisions.
 pub struct TrainingData {

@@ -20,7 +20,7 @@ use super::report::{
     self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
     Promotion, TrainReport, TrainingSummary,
 };
-use super::rng::Rng;
+use crate::rng::Rng;
 use super::transitions::{Decision, Ending, EpisodeDecisions, extract};
 use crate::trace::Episode;
 

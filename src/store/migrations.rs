@@ -104,4 +104,6 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rejects_by_reason ON rejects (reason);
     "#,
+    // 2: APO's evaluation cache, rewrite cache and LLM call ledger.
+    crate::apo::cache::SCHEMA,
 ];

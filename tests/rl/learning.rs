@@ -2,7 +2,7 @@
 //! action per task, the trained greedy policy is right on unseen tasks and
 //! its off-policy value beats the logging policy's.
 
-use whetstone::rl::rng::Rng;
+use whetstone::rng::Rng;
 use whetstone::rl::{ActRequest, RlConfig, act, train};
 
 use crate::synthetic;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use whetstone::rl::NO_TOOL;
-use whetstone::rl::rng::Rng;
+use whetstone::rng::Rng;
 use whetstone::trace::{
     Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, StepKind, TokenUsage,
     ToolCall, TraceFormat,

@@ -1,8 +1,9 @@
-//! A small seeded random number generator (SplitMix64).
+//! A small seeded random number generator (SplitMix64), shared by APO and RL.
 //!
-//! Weight initialization, the held-out split and minibatch shuffling must be
-//! reproducible from `rl.seed` and resumable from a checkpoint, so the state
-//! is one `u64` that the checkpoint stores.
+//! Both promise that the same seed gives the same run, and RL resumes its
+//! stream from a checkpoint: owning the generator keeps those promises across
+//! dependency upgrades (a library RNG's stream may change between versions),
+//! and its whole state is one `u64` a checkpoint can store.
 
 /// SplitMix64: fast, statistically sound for shuffling and initialization.
 #[derive(Debug, Clone)]
@@ -34,7 +35,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_f64() * n as f64) as usize % n
+        (self.next_u64() % n as u64) as usize
     }
 
     /// Standard normal (Box-Muller).
