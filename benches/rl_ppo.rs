@@ -12,9 +12,9 @@ use whetstone::rl::batch::ActionSpace;
 use whetstone::rl::features::FeatureSpec;
 use whetstone::rl::policy::Architecture;
 use whetstone::rl::report::BehaviorSource;
-use whetstone::rng::Rng;
 use whetstone::rl::transitions::{EpisodeDecisions, extract};
 use whetstone::rl::{RlConfig, ppo, train};
+use whetstone::rng::Rng;
 
 #[path = "../tests/rl/synthetic.rs"]
 mod synthetic;

@@ -180,15 +180,9 @@ mod tests {
                 ..PromptRef::default()
             },
             input: None,
-            steps: vec![Step {
-                kind: StepKind::Llm,
-                name: "m".to_string(),
-                error: false,
-                error_message: None,
-                start_time_unix_nano: None,
-                duration_ms: None,
-                rewards: BTreeMap::new(),
-                llm: Some(LlmCall {
+            steps: vec![Step::llm(
+                "m".to_string(),
+                LlmCall {
                     input_messages: vec![
                         Message {
                             role: "system".into(),
@@ -201,9 +195,8 @@ mod tests {
                     ],
                     output_text: Some(format!("answer {id}")),
                     ..LlmCall::default()
-                }),
-                tool: None,
-            }],
+                },
+            )],
             rewards: BTreeMap::from([("r".to_string(), reward)]),
             status: Status::Ok,
             start_time_unix_nano: None,

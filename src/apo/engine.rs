@@ -31,9 +31,9 @@ use super::mutate;
 use super::operators::{Failure, MetaPrompts, Rewriter};
 use super::output;
 use super::race::{self, RaceOutcome};
-use crate::rng::Rng;
 use super::select::{self, Contender};
 use crate::llm::LlmClient;
+use crate::rng::Rng;
 use crate::trace::Episode;
 
 /// What a run reports as it goes.

@@ -18,6 +18,7 @@ mod output;
 mod race;
 mod select;
 
+pub use crate::rng::Rng;
 pub use bandit::{ArmStats, Bandit};
 pub use budget::{Budget, CallError};
 pub use config::{ApoConfig, BudgetConfig, OPERATOR_NAMES, RacingConfig, ScorerConfig};
@@ -30,5 +31,4 @@ pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
 pub use operators::{MetaPrompts, Rewriter, extract_prompt};
 pub use race::{RaceOutcome, evaluate_all, mean, race};
-pub use crate::rng::Rng;
 pub use select::{Contender, select};

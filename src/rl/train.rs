@@ -20,8 +20,8 @@ use super::report::{
     self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
     Promotion, TrainReport, TrainingSummary,
 };
-use crate::rng::Rng;
 use super::transitions::{Decision, Ending, EpisodeDecisions, extract};
+use crate::rng::Rng;
 use crate::trace::Episode;
 
 /// Behavior probabilities below this are raised to it, so a log never sees 0.

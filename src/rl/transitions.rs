@@ -246,15 +246,9 @@ mod tests {
     };
 
     fn llm(tools: &[&str], calls_tool: bool) -> Step {
-        Step {
-            kind: StepKind::Llm,
-            name: "model".into(),
-            error: false,
-            error_message: None,
-            start_time_unix_nano: None,
-            duration_ms: None,
-            rewards: BTreeMap::new(),
-            llm: Some(LlmCall {
+        Step::llm(
+            "model",
+            LlmCall {
                 tools_available: tools.iter().map(|t| t.to_string()).collect(),
                 tool_calls: if calls_tool {
                     vec![crate::trace::RequestedToolCall {
@@ -266,28 +260,23 @@ mod tests {
                     vec![]
                 },
                 ..LlmCall::default()
-            }),
-            tool: None,
-        }
+            },
+        )
     }
 
     fn tool(name: &str, error: bool, probability: Option<f64>) -> Step {
         Step {
-            kind: StepKind::Tool,
-            name: name.into(),
             error,
-            error_message: None,
-            start_time_unix_nano: None,
-            duration_ms: None,
-            rewards: BTreeMap::new(),
-            llm: None,
-            tool: Some(ToolCall {
-                policy: probability.map(|probability| PolicyChoice {
-                    version: None,
-                    probability,
-                }),
-                ..ToolCall::default()
-            }),
+            ..Step::tool(
+                name,
+                ToolCall {
+                    policy: probability.map(|probability| PolicyChoice {
+                        version: None,
+                        probability,
+                    }),
+                    ..ToolCall::default()
+                },
+            )
         }
     }
 

@@ -279,19 +279,12 @@ impl<'c> IngestTx<'c> {
 mod tests {
     use super::*;
     use crate::store::{EpisodeFilter, Store};
-    use crate::trace::{PromptRef, Source, Step, TokenUsage, TraceFormat};
+    use crate::trace::{PromptRef, Source, Step, TokenUsage, ToolCall, TraceFormat};
 
     fn episode(trace_id: &str, prompt: &str, reward: f64) -> Episode {
         let tool = |name: &str, error: bool| Step {
-            kind: StepKind::Tool,
-            name: name.to_string(),
             error,
-            error_message: None,
-            start_time_unix_nano: None,
-            duration_ms: None,
-            rewards: BTreeMap::new(),
-            llm: None,
-            tool: None,
+            ..Step::tool(name, ToolCall::default())
         };
         Episode {
             trace_id: trace_id.to_string(),

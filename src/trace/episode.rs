@@ -114,6 +114,38 @@ pub struct Step {
     pub tool: Option<ToolCall>,
 }
 
+impl Step {
+    /// A successful LLM call to `model`.
+    pub fn llm(model: impl Into<String>, call: LlmCall) -> Step {
+        Step {
+            llm: Some(call),
+            ..Step::bare(StepKind::Llm, model.into())
+        }
+    }
+
+    /// A successful execution of tool `name`.
+    pub fn tool(name: impl Into<String>, call: ToolCall) -> Step {
+        Step {
+            tool: Some(call),
+            ..Step::bare(StepKind::Tool, name.into())
+        }
+    }
+
+    fn bare(kind: StepKind, name: String) -> Step {
+        Step {
+            kind,
+            name,
+            error: false,
+            error_message: None,
+            start_time_unix_nano: None,
+            duration_ms: None,
+            rewards: BTreeMap::new(),
+            llm: None,
+            tool: None,
+        }
+    }
+}
+
 /// Kind of a [`Step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,8 +2,8 @@
 //! action per task, the trained greedy policy is right on unseen tasks and
 //! its off-policy value beats the logging policy's.
 
-use whetstone::rng::Rng;
 use whetstone::rl::{ActRequest, RlConfig, act, train};
+use whetstone::rng::Rng;
 
 use crate::synthetic;
 

@@ -27,7 +27,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use whetstone::config::LlmConfig;
 use whetstone::trace::{
-    Episode, LlmCall, Message, PromptRef, Source, Status, Step, StepKind, TokenUsage, TraceFormat,
+    Episode, LlmCall, Message, PromptRef, Source, Status, Step, TokenUsage, TraceFormat,
 };
 
 pub const CITE: &str = "cite the tool result";
@@ -364,15 +364,9 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
             text: Some("You are the Controller.".to_string()),
         },
         input: Some(question.to_string()),
-        steps: vec![Step {
-            kind: StepKind::Llm,
-            name: "gpt-test".to_string(),
-            error: false,
-            error_message: None,
-            start_time_unix_nano: None,
-            duration_ms: None,
-            rewards: BTreeMap::new(),
-            llm: Some(LlmCall {
+        steps: vec![Step::llm(
+            "gpt-test".to_string(),
+            LlmCall {
                 input_messages: vec![
                     Message {
                         role: "system".to_string(),
@@ -391,9 +385,8 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
                 tool_calls: Vec::new(),
                 tools_available: Vec::new(),
                 usage: TokenUsage::default(),
-            }),
-            tool: None,
-        }],
+            },
+        )],
         rewards: BTreeMap::from([("task_success".to_string(), reward)]),
         status: Status::Ok,
         start_time_unix_nano: None,
