@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use whetstone::rl::features::stable_hash;
-use whetstone::rl::rng::Rng;
 use whetstone::rl::{ActRequest, NO_TOOL, RlConfig, act, train};
+use whetstone::rng::Rng;
 use whetstone::trace::Episode;
 
 #[path = "../tests/rl/synthetic.rs"]
