@@ -36,6 +36,19 @@ pub enum Record {
 ///
 /// `line` excludes the line terminator; `source` names the file and 1-based
 /// line number for diagnostics and for the records produced.
+///
+/// ```
+/// use whetstone::trace::{Reason, Record, Source, parse_line};
+///
+/// let source = Source { file: "agent.jsonl".into(), line: 3 };
+/// let line = br#"{"id": "ep-1", "steps": [{"kind": "tool", "name": "search"}], "rewards": {"success": 1.0}}"#;
+/// let Ok(Record::Episode(episode)) = parse_line(line, &source) else { panic!() };
+/// assert_eq!(episode.steps[0].name, "search");
+///
+/// let err = parse_line(b"{\"steps\": [", &source).unwrap_err();
+/// assert_eq!(err.reason, Reason::InvalidJson);
+/// assert!(err.to_string().starts_with("agent.jsonl:3: invalid_json"));
+/// ```
 pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
     // The common case, an OTLP request, is recognized from its first key
