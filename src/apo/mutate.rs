@@ -289,24 +289,14 @@ pub fn reorder_instructions(prompt: &str, rng: &mut Rng) -> Option<String> {
         *lines[ib].item_text_mut()? = text_a;
         return Some(render(&lines));
     }
-    let paragraphs = paragraphs_with(&lines, 2);
-    if paragraphs.is_empty() {
-        return None;
-    }
-    let target = paragraphs[rng.below(paragraphs.len())];
-    let Line::Text(text) = &lines[target] else {
-        return None;
-    };
-    let mut parts = sentences(text);
-    let a = rng.below(parts.len());
-    let mut b = rng.below(parts.len() - 1);
-    if b >= a {
-        b += 1;
-    }
-    parts.swap(a, b);
-    let indent = &text[..text.len() - text.trim_start().len()];
-    lines[target] = Line::Text(format!("{indent}{}", parts.join(" ")));
-    Some(render(&lines))
+    edit_paragraph(lines, rng, |parts, rng| {
+        let a = rng.below(parts.len());
+        let mut b = rng.below(parts.len() - 1);
+        if b >= a {
+            b += 1;
+        }
+        parts.swap(a, b);
+    })
 }
 
 /// Appends a worked example (a real input and the answer that earned a high
@@ -336,6 +326,18 @@ pub fn simplify(prompt: &str, rng: &mut Rng) -> Option<String> {
         lines.remove(group[rng.below(group.len())]);
         return Some(render(&lines));
     }
+    edit_paragraph(lines, rng, |parts, rng| {
+        parts.remove(rng.below(parts.len()));
+    })
+}
+
+/// Applies `edit` to the sentences of a random paragraph that has at least
+/// two, keeping its indentation; `None` when no paragraph has two.
+fn edit_paragraph(
+    mut lines: Vec<Line>,
+    rng: &mut Rng,
+    edit: impl FnOnce(&mut Vec<String>, &mut Rng),
+) -> Option<String> {
     let paragraphs = paragraphs_with(&lines, 2);
     if paragraphs.is_empty() {
         return None;
@@ -345,9 +347,10 @@ pub fn simplify(prompt: &str, rng: &mut Rng) -> Option<String> {
         return None;
     };
     let mut parts = sentences(text);
-    parts.remove(rng.below(parts.len()));
+    edit(&mut parts, rng);
     let indent = &text[..text.len() - text.trim_start().len()];
-    lines[target] = Line::Text(format!("{indent}{}", parts.join(" ")));
+    let edited = format!("{indent}{}", parts.join(" "));
+    lines[target] = Line::Text(edited);
     Some(render(&lines))
 }
 
