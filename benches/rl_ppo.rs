@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use whetstone::rl::batch::ActionSpace;
+use whetstone::rl::behavior::FrozenBehavior;
 use whetstone::rl::features::FeatureSpec;
 use whetstone::rl::policy::Architecture;
 use whetstone::rl::report::BehaviorSource;
@@ -41,6 +42,7 @@ fn ppo_update(c: &mut Criterion) {
     let mut behavior = BehaviorSource {
         trace: 0,
         policy_snapshot: 0,
+        frozen_earlier: 0,
         snapshot_policy_version: 0,
     };
     let data = train::training_data(
@@ -48,6 +50,7 @@ fn ppo_update(c: &mut Criterion) {
         &space,
         spec,
         &checkpoint.promoted,
+        &mut FrozenBehavior::default(),
         &mut behavior,
     )
     .unwrap();

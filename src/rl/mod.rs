@@ -16,6 +16,7 @@
 //! [`act`] serves the promoted policy's action probabilities.
 
 pub mod batch;
+pub mod behavior;
 pub mod checkpoint;
 pub mod config;
 pub mod features;

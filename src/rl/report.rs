@@ -48,9 +48,13 @@ pub struct EpisodeCounts {
 pub struct BehaviorSource {
     /// Decisions whose trace recorded the probability.
     pub trace: usize,
-    /// Decisions scored by the promoted policy at ingestion.
+    /// Decisions scored in this run by the promoted policy, which is the
+    /// snapshot current when their episodes were ingested (frozen from now on).
     pub policy_snapshot: usize,
-    /// Version of that promoted policy.
+    /// Decisions whose probability was frozen by an earlier run, under the
+    /// snapshot current then (see `rl::behavior`).
+    pub frozen_earlier: usize,
+    /// Version of the promoted policy in this run.
     pub snapshot_policy_version: u64,
 }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 
 use super::batch::{ActionSpace, Batch, states_tensor};
+use super::behavior::FrozenBehavior;
 use super::checkpoint::{self, Checkpoint, TrainingState};
 use super::config::RlConfig;
 use super::features::{FeatureSpec, State, stable_hash};
@@ -82,11 +83,28 @@ pub fn train(
     let mut behavior = BehaviorSource {
         trace: 0,
         policy_snapshot: 0,
+        frozen_earlier: 0,
         snapshot_policy_version: checkpoint.state.promoted_version,
     };
-    let train_data = training_data(&training, &space, spec, &checkpoint.promoted, &mut behavior)?;
-    let held_out_data =
-        training_data(&held_out, &space, spec, &checkpoint.promoted, &mut behavior)?;
+    let mut frozen = FrozenBehavior::load(checkpoint_dir)?;
+    let snapshot = &checkpoint.promoted;
+    let train_data = training_data(
+        &training,
+        &space,
+        spec,
+        snapshot,
+        &mut frozen,
+        &mut behavior,
+    )?;
+    let held_out_data = training_data(
+        &held_out,
+        &space,
+        spec,
+        snapshot,
+        &mut frozen,
+        &mut behavior,
+    )?;
+    frozen.save()?;
 
     let mut runs: Vec<IterationStats> = Vec::new();
     if !train_data.batch.is_empty() {
@@ -211,30 +229,55 @@ pub fn fresh(architecture: Architecture, cfg: &RlConfig) -> Result<Checkpoint> {
 }
 
 /// Featurizes episodes and resolves behavior probabilities: the logged one
-/// when the trace has it, else the `snapshot` policy's (counted in `behavior`).
+/// when the trace has it, else the one frozen when the learner first saw the
+/// episode, else the `snapshot` policy's, which is then frozen (counted in
+/// `behavior`).
 pub fn training_data(
     episodes: &[&EpisodeDecisions],
     space: &ActionSpace,
     spec: FeatureSpec,
     snapshot: &PolicyNet,
+    frozen: &mut FrozenBehavior,
     behavior: &mut BehaviorSource,
 ) -> Result<TrainingData> {
     let decisions: Vec<&Decision> = episodes.iter().flat_map(|e| &e.decisions).collect();
     let batch = Batch::new(&decisions, space, spec)?;
     let snapshot_probabilities = chosen_probabilities(snapshot, &batch, space)?;
     let mut behavior_log_probs = Vec::with_capacity(decisions.len());
-    for (decision, snapshot_probability) in decisions.iter().zip(snapshot_probabilities) {
-        let probability = match decision.logged_probability {
-            Some(p) => {
-                behavior.trace += 1;
-                p
-            }
-            None => {
-                behavior.policy_snapshot += 1;
-                snapshot_probability
-            }
-        };
-        behavior_log_probs.push(probability.max(MIN_BEHAVIOR_PROBABILITY).ln() as f32);
+    let mut row = 0;
+    for episode in episodes {
+        let n = episode.decisions.len();
+        let snapshot_rows = &snapshot_probabilities[row..row + n];
+        row += n;
+        let needs_snapshot = episode
+            .decisions
+            .iter()
+            .any(|d| d.logged_probability.is_none());
+        let earlier = frozen.get(&episode.trace_id, n).map(<[f64]>::to_vec);
+        if needs_snapshot && earlier.is_none() {
+            frozen.freeze(
+                &episode.trace_id,
+                behavior.snapshot_policy_version,
+                snapshot_rows.to_vec(),
+            )?;
+        }
+        for (idx, decision) in episode.decisions.iter().enumerate() {
+            let probability = match (decision.logged_probability, &earlier) {
+                (Some(p), _) => {
+                    behavior.trace += 1;
+                    p
+                }
+                (None, Some(earlier)) => {
+                    behavior.frozen_earlier += 1;
+                    earlier[idx]
+                }
+                (None, None) => {
+                    behavior.policy_snapshot += 1;
+                    snapshot_rows[idx]
+                }
+            };
+            behavior_log_probs.push(probability.max(MIN_BEHAVIOR_PROBABILITY).ln() as f32);
+        }
     }
     let mut ranges = Vec::with_capacity(episodes.len());
     let mut bootstrap_rows = Vec::with_capacity(episodes.len());

@@ -164,3 +164,56 @@ fn bad_episodes_are_counted_in_the_report() {
     assert_eq!(report.episodes.used, episodes.len() - 4);
     assert!(!report.actions.contains_key("format_disk"));
 }
+
+/// Without logged probabilities, a decision's behavior probability is the
+/// promoted policy's when the learner first sees the episode, frozen for
+/// every later run even after a newer policy is promoted.
+#[test]
+fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
+    let mut episodes = logged_episodes();
+    for episode in &mut episodes {
+        for step in &mut episode.steps {
+            if let Some(tool) = step.tool.as_mut() {
+                tool.policy = None;
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let cfg = RlConfig {
+        iterations_per_run: 2,
+        holdout_fraction: 0.0,
+        ..RlConfig::default()
+    };
+    let first = train(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+    let source = &first.behavior_probability_source;
+    assert!(source.policy_snapshot > 0);
+    assert_eq!((source.trace, source.frozen_earlier), (0, 0));
+    assert_eq!(
+        first.promotion.policy_version, 1,
+        "a new policy was promoted"
+    );
+    let frozen = std::fs::read_to_string(dir.join("behavior.jsonl")).unwrap();
+    assert_eq!(frozen.lines().count(), episodes.len());
+    // The untrained policy is uniform over the available tools.
+    let line: serde_json::Value = serde_json::from_str(frozen.lines().next().unwrap()).unwrap();
+    assert_eq!(line["policy_version"], 0);
+    let p = line["probabilities"][0].as_f64().unwrap();
+    assert!(
+        p > 0.0 && p < 0.5 && (1.0 / p).fract().abs() < 1e-6,
+        "uniform: {p}"
+    );
+
+    let second = train(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+    let source = &second.behavior_probability_source;
+    assert_eq!(
+        source.policy_snapshot, 0,
+        "not rescored by the promoted policy 1"
+    );
+    assert_eq!(
+        source.frozen_earlier,
+        first.behavior_probability_source.policy_snapshot
+    );
+    let again = std::fs::read_to_string(dir.join("behavior.jsonl")).unwrap();
+    assert_eq!(again, frozen, "nothing new to freeze");
+}
