@@ -57,7 +57,7 @@ pub enum Command {
     /// Ask the learned tool-selection policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Import trace files into the store and summarize what it holds.
+    /// Read trace files: print their episodes, import them into the store, summarize the store.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
     /// Run one optimization (APO, RL or both) over the collected traces and
