@@ -187,6 +187,14 @@ fn sentences(text: &str) -> Vec<String> {
     out
 }
 
+/// The lists with at least `min` items.
+fn lists_with(lines: &[Line], min: usize) -> Vec<Vec<usize>> {
+    lists(lines)
+        .into_iter()
+        .filter(|group| group.len() >= min)
+        .collect()
+}
+
 /// Indices of paragraph lines holding at least `min` sentences.
 fn paragraphs_with(lines: &[Line], min: usize) -> Vec<usize> {
     lines
@@ -271,10 +279,7 @@ fn insert_instruction(prompt: &str, instruction: &str, rng: &mut Rng) -> String 
 /// Swaps two instructions of the same list, or two sentences of a paragraph.
 pub fn reorder_instructions(prompt: &str, rng: &mut Rng) -> Option<String> {
     let mut lines = parse(prompt);
-    let groups: Vec<Vec<usize>> = lists(&lines)
-        .into_iter()
-        .filter(|group| group.len() >= 2)
-        .collect();
+    let groups = lists_with(&lines, 2);
     if !groups.is_empty() {
         let group = &groups[rng.below(groups.len())];
         let a = rng.below(group.len());
@@ -317,10 +322,7 @@ pub fn add_example(prompt: &str, input: &str, output: &str) -> Option<String> {
 /// sentence of a paragraph with two or more.
 pub fn simplify(prompt: &str, rng: &mut Rng) -> Option<String> {
     let mut lines = parse(prompt);
-    let groups: Vec<Vec<usize>> = lists(&lines)
-        .into_iter()
-        .filter(|group| group.len() >= 2)
-        .collect();
+    let groups = lists_with(&lines, 2);
     if !groups.is_empty() {
         let group = &groups[rng.below(groups.len())];
         lines.remove(group[rng.below(group.len())]);
