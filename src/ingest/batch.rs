@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::IngestReport;
 use super::stage::{Item, StagedTrace, Staging, span_reject_row, too_many_spans};
-use crate::store::{FileCursor, IngestTx, RejectRow, Store, StoreError, episode_body, now_unix_ms};
+use crate::store::{BodyEncoder, FileCursor, IngestTx, RejectRow, Store, StoreError, now_unix_ms};
 use crate::trace::{self, Diagnostic, Episode, Reason, Span};
 
 /// Where a record came from, for rejects.
@@ -31,6 +31,8 @@ pub struct Batch<'s> {
     tx: IngestTx<'s>,
     now_unix_ms: i64,
     max_spans_per_trace: u64,
+    /// For episodes assembled here rather than on the reader thread.
+    encoder: Option<BodyEncoder>,
 }
 
 impl<'s> Batch<'s> {
@@ -39,6 +41,7 @@ impl<'s> Batch<'s> {
             tx: store.begin_ingest()?,
             now_unix_ms: now_unix_ms(),
             max_spans_per_trace,
+            encoder: None,
         })
     }
 
@@ -131,7 +134,7 @@ impl<'s> Batch<'s> {
     fn insert_episode(
         &mut self,
         episode: &Episode,
-        body: &str,
+        body: &[u8],
         span_ids: &[String],
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
@@ -183,7 +186,8 @@ impl<'s> Batch<'s> {
         let span_ids: Vec<String> = spans.iter().map(|s| s.span_id.clone()).collect();
         let assembled = match trace::assemble(&spans) {
             Ok(episode) => {
-                let body = episode_body(&episode)?;
+                let encoder = self.encoder.get_or_insert_with(BodyEncoder::new);
+                let body = encoder.encode(&episode)?;
                 Ok((episode, body))
             }
             Err(diagnostic) => Err(diagnostic),
@@ -194,7 +198,7 @@ impl<'s> Batch<'s> {
     fn store_assembled(
         &mut self,
         trace_id: &str,
-        assembled: Result<(Episode, String), Diagnostic>,
+        assembled: Result<(Episode, Vec<u8>), Diagnostic>,
         span_ids: &[String],
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {

@@ -8,28 +8,22 @@
 //! safe, because every insert deduplicates.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::sync::mpsc;
+use std::io::{self, Read, Seek, SeekFrom};
 
 use serde::de::IgnoredAny;
 
 use super::batch::{Batch, Origin, content_key};
-use super::lines::{LineReader, NextLine};
+use super::pipeline;
 use super::stage::Staging;
 use super::{IngestOptions, IngestReport};
 use crate::store::{FileCursor, FileIdentity, Layout, Store, StoreError, now_unix_ms};
-use crate::trace::{self, Reason, Source};
+use crate::trace::{self, Reason};
 
 /// Bytes of the file start covered by a cursor's fingerprint.
 const FINGERPRINT_BYTES: usize = 4096;
 
-/// Read buffer size; with one line of at most `max_line_bytes`, this is all
-/// the memory a lines file takes.
-const READ_BUFFER_BYTES: usize = 256 * 1024;
-
-/// A batch also ends after this many bytes of lines, so a batch of long
-/// lines keeps transactions short.
-const BATCH_MAX_BYTES: u64 = 1024 * 1024;
+/// Read buffer size, for lines and for hashing documents.
+pub(super) const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// A file opened for this pass.
 pub struct OpenFile {
@@ -116,19 +110,9 @@ fn read_head(mut file: &File, size: u64) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// One batch read and staged by the reader thread, and where it ends.
-struct ReadBatch {
-    staging: Staging,
-    end_offset: u64,
-    end_line: u64,
-    lines: u64,
-}
-
-/// Reads complete lines from `resume` = (byte offset, lines before it).
-///
-/// A reader thread reads, parses and stages batches (see `stage.rs`) while
-/// this thread commits the previous one; the channel holds one batch, so
-/// memory stays at about three batches whatever the file size.
+/// Reads complete lines from `resume` = (byte offset, lines before it),
+/// parsed on other threads (see `pipeline.rs`) while this one commits each
+/// batch with the cursor after its last line.
 fn ingest_lines(
     store: &mut Store,
     open: &OpenFile,
@@ -155,132 +139,17 @@ fn ingest_lines(
         }
     };
     let max_spans = options.max_spans_per_trace as u64;
-    std::thread::scope(|scope| {
-        let (sender, receiver) = mpsc::sync_channel::<ReadBatch>(1);
-        let reader = std::thread::Builder::new()
-            .name("trace-reader".into())
-            .spawn_scoped(scope, move || read_batches(open, resume, options, sender))?;
-        let mut batch_start = resume.0;
-        let mut stored = Ok(());
-        for read in receiver.iter() {
-            let commit = || -> Result<(), StoreError> {
-                let mut batch = Batch::begin(store, max_spans)?;
-                batch.apply(read.staging, report)?;
-                batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))
-            };
-            if let Err(err) = commit() {
-                stored = Err(FileError::Store(err));
-                break;
-            }
-            report.lines += read.lines;
-            report.bytes += read.end_offset - batch_start;
-            progress(read.end_offset - batch_start);
-            batch_start = read.end_offset;
-        }
-        // Dropping the receiver stops a reader still sending.
-        drop(receiver);
-        let read = reader.join().expect("trace reader thread panicked");
-        stored.and(read)
+    let mut batch_start = resume.0;
+    pipeline::read_lines(open, resume, options, |read| {
+        let mut batch = Batch::begin(store, max_spans)?;
+        batch.apply(read.staging, report)?;
+        batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))?;
+        report.lines += read.lines;
+        report.bytes += read.end_offset - batch_start;
+        progress(read.end_offset - batch_start);
+        batch_start = read.end_offset;
+        Ok(())
     })
-}
-
-/// The reader thread: reads complete lines from `resume`, parses and stages
-/// them, and sends a sealed batch every `batch_lines` lines or
-/// [`BATCH_MAX_BYTES`] bytes, and at the end.
-fn read_batches(
-    open: &OpenFile,
-    (start_offset, start_line): (u64, u64),
-    options: &IngestOptions,
-    sender: mpsc::SyncSender<ReadBatch>,
-) -> Result<(), FileError> {
-    let mut file = &open.file;
-    file.seek(SeekFrom::Start(start_offset))?;
-    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-    let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
-    let mut lines = LineReader::new(reader, start_offset, max_line_bytes);
-    let mut line = Vec::new();
-    let mut line_no = start_line;
-    let mut staging = Staging::new(options.max_spans_per_trace);
-    let (mut batch_lines, mut batch_start) = (0u64, start_offset);
-    let mut read_error = None;
-    loop {
-        let line_offset = lines.offset();
-        let next = match lines.next_line(&mut line) {
-            Ok(next) => next,
-            Err(err) => {
-                read_error = Some(err);
-                break;
-            }
-        };
-        match next {
-            NextLine::End => break,
-            NextLine::Line => {
-                line_no += 1;
-                if !line.trim_ascii().is_empty() {
-                    let source = Source {
-                        file: open.path.clone(),
-                        line: line_no,
-                    };
-                    let parsed = trace::parse_line(&line, &source);
-                    let key = if parsed.is_err() {
-                        content_key(&[&line, &(line.len() as u64).to_le_bytes()])
-                    } else {
-                        String::new()
-                    };
-                    let origin = Origin {
-                        file: &open.path,
-                        line: line_no,
-                        offset: line_offset,
-                        key: &key,
-                    };
-                    staging.add(parsed, &origin)?;
-                }
-            }
-            NextLine::TooLong { len } => {
-                line_no += 1;
-                let key = content_key(&[&line, &len.to_le_bytes()]);
-                let origin = Origin {
-                    file: &open.path,
-                    line: line_no,
-                    offset: line_offset,
-                    key: &key,
-                };
-                let detail = format!(
-                    "line of {len} bytes exceeds traces.max_line_bytes = {}",
-                    options.max_line_bytes
-                );
-                staging.reject_input(Reason::LineTooLong, detail, &origin);
-            }
-        }
-        batch_lines += 1;
-        if batch_lines >= options.batch_lines as u64
-            || lines.offset() - batch_start >= BATCH_MAX_BYTES
-        {
-            let full = std::mem::replace(&mut staging, Staging::new(options.max_spans_per_trace));
-            let batch = ReadBatch {
-                staging: full.seal()?,
-                end_offset: lines.offset(),
-                end_line: line_no,
-                lines: batch_lines,
-            };
-            if sender.send(batch).is_err() {
-                return Ok(()); // The store side stopped and reports why.
-            }
-            (batch_lines, batch_start) = (0, lines.offset());
-        }
-    }
-    let last = ReadBatch {
-        staging: staging.seal()?,
-        end_offset: lines.offset(),
-        end_line: line_no,
-        lines: batch_lines,
-    };
-    // A send error means the store side stopped; it reports why.
-    let _ = sender.send(last);
-    match read_error {
-        Some(err) => Err(FileError::Io(err)),
-        None => Ok(()),
-    }
 }
 
 /// What became of a file that looked like a document.

@@ -19,6 +19,7 @@
 mod batch;
 mod file;
 mod lines;
+mod pipeline;
 mod scan;
 mod stage;
 

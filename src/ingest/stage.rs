@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use super::batch::{Origin, content_key};
-use crate::store::{RejectRow, StoreError, episode_body};
+use crate::store::{BodyEncoder, RejectRow, StoreError};
 use crate::trace::{self, Diagnostic, Episode, Reason, Record, Span};
 
 /// A batch's records, ready for the store.
@@ -23,12 +23,13 @@ pub struct Staging {
     /// Spans by trace, for traces with spans in this batch.
     pub traces: BTreeMap<String, StagedTrace>,
     max_spans_per_trace: usize,
+    encoder: BodyEncoder,
 }
 
 /// A record ready to be written.
 pub enum Item {
     /// A complete episode and its serialized body.
-    Episode(Box<Episode>, String),
+    Episode(Box<Episode>, Vec<u8>),
     Reject(RejectRow, Diagnostic),
 }
 
@@ -40,7 +41,7 @@ pub struct StagedTrace {
     /// Spans read again within this batch.
     pub duplicates: u64,
     /// The trace assembled from `spans` alone, when its root is among them.
-    pub assembled: Option<Result<(Episode, String), Diagnostic>>,
+    pub assembled: Option<Result<(Episode, Vec<u8>), Diagnostic>>,
 }
 
 impl Staging {
@@ -60,7 +61,7 @@ impl Staging {
     ) -> Result<(), StoreError> {
         match parsed {
             Ok(Record::Episode(episode)) => {
-                let body = episode_body(&episode)?;
+                let body = self.encoder.encode(&episode)?;
                 self.items.push(Item::Episode(episode, body));
             }
             Ok(Record::Spans(spans)) => {
@@ -121,7 +122,7 @@ impl Staging {
         for staged in self.traces.values_mut().filter(|t| t.has_root) {
             staged.assembled = Some(match trace::assemble(&staged.spans) {
                 Ok(episode) => {
-                    let body = episode_body(&episode)?;
+                    let body = self.encoder.encode(&episode)?;
                     Ok((episode, body))
                 }
                 Err(diagnostic) => Err(diagnostic),

@@ -7,8 +7,10 @@
 
 use std::ops::ControlFlow;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
+use rusqlite::types::ValueRef;
 
+use super::body::decode_episode;
 use super::{Store, StoreError};
 use crate::trace::Episode;
 
@@ -58,7 +60,7 @@ impl Store {
             limit,
         ])?;
         while let Some(row) = rows.next()? {
-            let stored = stored_episode(row.get(0)?, row.get(1)?, &row.get::<_, String>(2)?)?;
+            let stored = stored_episode(row.get(0)?, row.get(1)?, row.get_ref(2)?)?;
             if visit(stored).is_break() {
                 break;
             }
@@ -78,15 +80,12 @@ impl Store {
 
     /// The episode with this trace id, if ingested.
     pub fn episode(&self, trace_id: &str) -> Result<Option<StoredEpisode>, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT id, ingested_at_unix_ms, body FROM episodes WHERE trace_id = ?1",
-                [trace_id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)),
-            )
-            .optional()?;
-        row.map(|(id, at, body)| stored_episode(id, at, &body))
+        let mut select = self.conn.prepare_cached(
+            "SELECT id, ingested_at_unix_ms, body FROM episodes WHERE trace_id = ?1",
+        )?;
+        let mut rows = select.query([trace_id])?;
+        rows.next()?
+            .map(|row| stored_episode(row.get(0)?, row.get(1)?, row.get_ref(2)?))
             .transpose()
     }
 
@@ -102,15 +101,11 @@ impl Store {
 fn stored_episode(
     id: i64,
     ingested_at_unix_ms: i64,
-    body: &str,
+    body: ValueRef<'_>,
 ) -> Result<StoredEpisode, StoreError> {
-    let episode = serde_json::from_str(body).map_err(|source| StoreError::CorruptBody {
-        what: format!("episode #{id}"),
-        source,
-    })?;
     Ok(StoredEpisode {
         id,
         ingested_at_unix_ms,
-        episode,
+        episode: decode_episode(id, body)?,
     })
 }

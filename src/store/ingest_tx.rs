@@ -47,26 +47,18 @@ pub struct TraceState {
     pub pending_root: bool,
 }
 
-/// The stored JSON form of an episode.
-pub fn episode_body(episode: &Episode) -> Result<String, StoreError> {
-    serde_json::to_string(episode).map_err(|source| StoreError::CorruptBody {
-        what: format!("episode {}", episode.trace_id),
-        source,
-    })
-}
-
 impl<'c> IngestTx<'c> {
     pub(super) fn new(tx: Transaction<'c>) -> IngestTx<'c> {
         IngestTx { tx }
     }
 
-    /// Inserts an episode, whose JSON is `body` (from [`episode_body`]),
+    /// Inserts an episode, stored as `body` (from [`super::BodyEncoder`]),
     /// unless one with the same trace id exists, with the ids of the spans it
     /// was assembled from. Returns whether it was new.
     pub fn insert_episode(
         &self,
         episode: &Episode,
-        body: &str,
+        body: &[u8],
         span_ids: &[String],
         now_unix_ms: i64,
     ) -> Result<bool, StoreError> {
@@ -314,7 +306,12 @@ mod tests {
     }
 
     fn insert(tx: &IngestTx<'_>, e: &Episode) -> Result<bool, StoreError> {
-        tx.insert_episode(e, &episode_body(e).unwrap(), &[], 5)
+        tx.insert_episode(
+            e,
+            &crate::store::BodyEncoder::new().encode(e).unwrap(),
+            &[],
+            5,
+        )
     }
 
     fn span(trace_id: &str, span_id: &str, parent: Option<&str>) -> Span {
@@ -423,8 +420,13 @@ mod tests {
 
         let ids = vec!["c".to_string(), "r".to_string()];
         let e = episode("t", "p", 1.0);
-        tx.insert_episode(&e, &episode_body(&e).unwrap(), &ids, 3)
-            .unwrap();
+        tx.insert_episode(
+            &e,
+            &crate::store::BodyEncoder::new().encode(&e).unwrap(),
+            &ids,
+            3,
+        )
+        .unwrap();
         assert!(tx.trace_state("t").unwrap().finalized);
         assert!(tx.span_consumed("t", "c").unwrap());
         assert!(!tx.span_consumed("t", "new").unwrap());

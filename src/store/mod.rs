@@ -9,6 +9,7 @@
 //! The schema is versioned in code ([`migrations::MIGRATIONS`]); opening a
 //! database brings it up to date, and refuses one written by a newer binary.
 
+mod body;
 mod cursor;
 mod episodes;
 mod ingest_tx;
@@ -20,9 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use body::BodyEncoder;
 pub use cursor::{FileCursor, FileIdentity, Layout};
 pub use episodes::{EpisodeFilter, StoredEpisode};
-pub use ingest_tx::{IngestTx, RejectRow, TraceState, episode_body};
+pub use ingest_tx::{IngestTx, RejectRow, TraceState};
 pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
 
 /// File name of the database inside the data directory.
@@ -64,6 +66,11 @@ pub enum StoreError {
         what: String,
         source: serde_json::Error,
     },
+    #[error("zstd failed on stored {what}: {source}")]
+    Compression {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -95,13 +102,22 @@ impl Store {
         })?;
         let configure = || -> rusqlite::Result<()> {
             conn.busy_timeout(BUSY_TIMEOUT)?;
+            // Episode rows are a few KB: with 16 KiB pages (for a new
+            // database; an existing one keeps its size) several share a
+            // page instead of each taking most of a 4 KiB one.
+            conn.pragma_update(None, "page_size", 16384)?;
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(%mode, "SQLite refused WAL mode; using its journal mode instead");
             }
             conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.pragma_update(None, "foreign_keys", true)?;
+            // Foreign keys stay unenforced (SQLite's default): the child
+            // rows of an episode are written only right after it, in its
+            // transaction, and enforcing would cost every insert a
+            // statement journal. Nothing deletes episodes yet; what will must
+            // delete their rewards and tools too.
+            conn.pragma_update(None, "foreign_keys", false)?;
             Ok(())
         };
         configure().map_err(|source| StoreError::Open {

@@ -1,0 +1,251 @@
+//! Reading a lines file on several threads.
+//!
+//! A reader thread splits the file into raw batches of complete lines (every
+//! `batch_lines` lines or [`BATCH_MAX_BYTES`] bytes); parse workers, one per
+//! core up to [`MAX_PARSE_WORKERS`], parse and stage them (see `stage.rs`);
+//! the calling thread commits the staged batches in file order. Batches go to
+//! the workers in turn and are taken back in the same turn, so order needs
+//! no bookkeeping. Channels are bounded: at most about three batches per
+//! worker are in memory, whatever the file size.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::Builder;
+
+use super::IngestOptions;
+use super::batch::{Origin, content_key};
+use super::file::{FileError, OpenFile, READ_BUFFER_BYTES};
+use super::lines::{LineReader, NextLine};
+use super::stage::Staging;
+use crate::store::StoreError;
+use crate::trace::{self, Reason, Source};
+
+/// A batch also ends after this many bytes of lines, so a batch of long
+/// lines keeps transactions short.
+const BATCH_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Parse workers at most; the store thread is the bottleneck well before.
+const MAX_PARSE_WORKERS: usize = 4;
+
+/// A staged batch and where in the file it ends.
+pub struct ReadBatch {
+    pub staging: Staging,
+    /// Offset just past the batch's last line.
+    pub end_offset: u64,
+    /// Lines in the file up to `end_offset`.
+    pub end_line: u64,
+    /// Lines in the batch, blank ones included.
+    pub lines: u64,
+}
+
+/// Complete lines as read, before parsing.
+struct RawBatch {
+    /// The non-blank lines, back to back, terminators removed.
+    bytes: Vec<u8>,
+    lines: Vec<RawLine>,
+    end_offset: u64,
+    end_line: u64,
+    n_lines: u64,
+}
+
+/// One non-blank line of a [`RawBatch`].
+struct RawLine {
+    /// End of the line in [`RawBatch::bytes`] (it starts where the previous
+    /// one ends).
+    end: usize,
+    /// 1-based line number in the file.
+    line_no: u64,
+    /// Byte offset of the line start in the file.
+    offset: u64,
+    /// Set when the line exceeded `max_line_bytes`: its length; `bytes` then
+    /// holds only its prefix.
+    too_long: Option<u64>,
+}
+
+/// Reads the complete lines of `open` from `resume` = (byte offset, lines
+/// before it) and hands each staged batch, in file order, to `commit`.
+/// Stops at the first error, from `commit`, staging or reading.
+pub fn read_lines(
+    open: &OpenFile,
+    resume: (u64, u64),
+    options: &IngestOptions,
+    mut commit: impl FnMut(ReadBatch) -> Result<(), FileError>,
+) -> Result<(), FileError> {
+    let n_workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_PARSE_WORKERS);
+    std::thread::scope(|scope| {
+        let mut to_workers = Vec::with_capacity(n_workers);
+        let mut from_workers = Vec::with_capacity(n_workers);
+        let mut workers = Vec::with_capacity(n_workers);
+        for i in 0..n_workers {
+            // A rendezvous: the reader runs at most one batch ahead of a
+            // worker.
+            let (job_sender, jobs) = sync_channel::<RawBatch>(0);
+            let (result_sender, results) = sync_channel(1);
+            let worker = Builder::new()
+                .name(format!("trace-parse-{i}"))
+                .spawn_scoped(scope, move || {
+                    parse_worker(open, options, jobs, result_sender)
+                })?;
+            to_workers.push(job_sender);
+            from_workers.push(results);
+            workers.push(worker);
+        }
+        let reader = Builder::new()
+            .name("trace-reader".into())
+            .spawn_scoped(scope, move || {
+                read_raw_batches(open, resume, options, to_workers)
+            })?;
+        let mut committed = Ok(());
+        for results in from_workers.iter().cycle() {
+            // A worker without a next result has no next batch: the batches
+            // went to the workers in this same turn, so the file is done.
+            let Ok(staged) = results.recv() else { break };
+            if let Err(err) = staged.map_err(FileError::from).and_then(&mut commit) {
+                committed = Err(err);
+                break;
+            }
+        }
+        // Dropping the receivers stops workers and reader still sending.
+        drop(from_workers);
+        let read = reader.join().expect("trace reader thread panicked");
+        for worker in workers {
+            worker.join().expect("trace parse worker panicked");
+        }
+        committed.and(read)
+    })
+}
+
+/// Parses and stages the raw batches it is given, until the reader is done
+/// or the committing side stopped.
+fn parse_worker(
+    open: &OpenFile,
+    options: &IngestOptions,
+    jobs: Receiver<RawBatch>,
+    results: SyncSender<Result<ReadBatch, StoreError>>,
+) {
+    for raw in jobs {
+        if results.send(stage_raw_batch(open, options, raw)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses each line of `raw` and stages what it yields.
+fn stage_raw_batch(
+    open: &OpenFile,
+    options: &IngestOptions,
+    raw: RawBatch,
+) -> Result<ReadBatch, StoreError> {
+    let mut staging = Staging::new(options.max_spans_per_trace);
+    let mut start = 0;
+    for line in &raw.lines {
+        let bytes = &raw.bytes[start..line.end];
+        start = line.end;
+        if let Some(len) = line.too_long {
+            let key = content_key(&[bytes, &len.to_le_bytes()]);
+            let detail = format!(
+                "line of {len} bytes exceeds traces.max_line_bytes = {}",
+                options.max_line_bytes
+            );
+            staging.reject_input(Reason::LineTooLong, detail, &origin(open, line, &key));
+            continue;
+        }
+        let source = Source {
+            file: open.path.clone(),
+            line: line.line_no,
+        };
+        let parsed = trace::parse_line(bytes, &source);
+        let key = if parsed.is_err() {
+            content_key(&[bytes, &(bytes.len() as u64).to_le_bytes()])
+        } else {
+            String::new()
+        };
+        staging.add(parsed, &origin(open, line, &key))?;
+    }
+    Ok(ReadBatch {
+        staging: staging.seal()?,
+        end_offset: raw.end_offset,
+        end_line: raw.end_line,
+        lines: raw.n_lines,
+    })
+}
+
+fn origin<'a>(open: &'a OpenFile, line: &RawLine, key: &'a str) -> Origin<'a> {
+    Origin {
+        file: &open.path,
+        line: line.line_no,
+        offset: line.offset,
+        key,
+    }
+}
+
+/// The reader thread: splits complete lines into raw batches and deals them
+/// to the workers in turn.
+fn read_raw_batches(
+    open: &OpenFile,
+    (start_offset, start_line): (u64, u64),
+    options: &IngestOptions,
+    workers: Vec<SyncSender<RawBatch>>,
+) -> Result<(), FileError> {
+    let mut file: &File = &open.file;
+    file.seek(SeekFrom::Start(start_offset))?;
+    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
+    let mut lines = LineReader::new(reader, start_offset, max_line_bytes);
+    let mut line = Vec::new();
+    let mut line_no = start_line;
+    let new_batch = |offset: u64, line: u64| RawBatch {
+        bytes: Vec::with_capacity(BATCH_MAX_BYTES as usize),
+        lines: Vec::new(),
+        end_offset: offset,
+        end_line: line,
+        n_lines: 0,
+    };
+    let (mut batch, mut batch_start) = (new_batch(start_offset, start_line), start_offset);
+    let mut turn = workers.iter().cycle();
+    let mut send = |batch: RawBatch| {
+        let worker = turn.next().expect("at least one parse worker");
+        // An error means the committing side stopped; it reports why.
+        worker.send(batch).is_ok()
+    };
+    let mut read_error = None;
+    loop {
+        let offset = lines.offset();
+        let too_long = match lines.next_line(&mut line) {
+            Err(err) => {
+                read_error = Some(err);
+                break;
+            }
+            Ok(NextLine::End) => break,
+            Ok(NextLine::Line) => None,
+            Ok(NextLine::TooLong { len }) => Some(len),
+        };
+        line_no += 1;
+        batch.n_lines += 1;
+        if too_long.is_some() || !line.trim_ascii().is_empty() {
+            batch.bytes.extend_from_slice(&line);
+            batch.lines.push(RawLine {
+                end: batch.bytes.len(),
+                line_no,
+                offset,
+                too_long,
+            });
+        }
+        (batch.end_offset, batch.end_line) = (lines.offset(), line_no);
+        if batch.n_lines >= options.batch_lines as u64
+            || lines.offset() - batch_start >= BATCH_MAX_BYTES
+        {
+            batch_start = lines.offset();
+            let full = std::mem::replace(&mut batch, new_batch(batch_start, line_no));
+            if !send(full) {
+                return Ok(());
+            }
+        }
+    }
+    // Sent even when empty: its cursor records that the pass got here.
+    send(batch);
+    read_error.map_or(Ok(()), |err| Err(FileError::Io(err)))
+}
