@@ -582,6 +582,13 @@ fn flat_content(m: &Map<String, Value>) -> String {
 fn read_genai_json(
     a: &Map<String, Value>,
 ) -> (Vec<Message>, Option<String>, Vec<RequestedToolCall>) {
+    super::genai_fast::read(a).unwrap_or_else(|| read_genai_values(a))
+}
+
+/// [`read_genai_json`] through `Value` trees: handles any shape.
+pub(super) fn read_genai_values(
+    a: &Map<String, Value>,
+) -> (Vec<Message>, Option<String>, Vec<RequestedToolCall>) {
     let mut input_messages = Vec::new();
     if let Some(parts) = a.get("gen_ai.system_instructions").map(json_of) {
         let content = parts_text(&parts);
@@ -779,7 +786,7 @@ fn json_of(value: &Value) -> Value {
 }
 
 /// A JSON string holding JSON becomes that JSON; anything else is kept.
-fn parse_json_string(value: Value) -> Value {
+pub(super) fn parse_json_string(value: Value) -> Value {
     match &value {
         Value::String(s) if s.starts_with(['{', '[']) => serde_json::from_str(s).unwrap_or(value),
         _ => value,

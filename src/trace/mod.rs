@@ -10,6 +10,7 @@ mod agentlightning;
 mod assemble;
 mod diagnostic;
 mod episode;
+mod genai_fast;
 mod jsonl;
 mod otlp;
 mod span;
