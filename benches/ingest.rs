@@ -12,8 +12,9 @@
 //! Both sides run in this process with the binary's allocator (mimalloc).
 //!
 //! Run: `cargo bench --bench ingest` (sizes: WHETSTONE_BENCH_MB,
-//! WHETSTONE_BENCH_RSS_MB; WHETSTONE_BENCH_CORPUS_OUT=FILE only writes the
-//! corpus, for profiling). Record the output in docs/BENCHMARKS.md.
+//! WHETSTONE_BENCH_RSS_MB; WHETSTONE_BENCH_ROUNDS alternations of the two
+//! sides, best of each compared; WHETSTONE_BENCH_CORPUS_OUT=FILE only writes
+//! the corpus, for profiling). Record the output in docs/BENCHMARKS.md.
 
 #[path = "corpus.rs"]
 mod corpus;
@@ -42,6 +43,8 @@ fn write_corpus(path: &Path, mb: u64) -> u64 {
     let mut out = BufWriter::new(File::create(path).unwrap());
     let traces = corpus::write_otlp_corpus(&mut out, mb * 1_000_000, 42).unwrap();
     out.flush().unwrap();
+    // On disk before timing starts, so its writeback slows neither side.
+    out.get_ref().sync_all().unwrap();
     traces
 }
 
@@ -138,10 +141,20 @@ fn main() {
     let bytes = std::fs::metadata(&corpus).unwrap().len() as f64;
     // Warm the page cache so both sides read from memory.
     baseline_mb_per_s(&corpus, bytes);
-    let baseline = baseline_mb_per_s(&corpus, bytes);
-    let whetstone = whetstone_mb_per_s(&corpus, bytes, traces);
+    // Alternate the two sides a few times; the best of each is compared, so
+    // a noisy neighbour slowing one round does not decide the ratio.
+    let rounds = env_mb("WHETSTONE_BENCH_ROUNDS", 3).max(1);
+    let (mut baseline, mut whetstone) = (0f64, 0f64);
+    let mut round_ratios = Vec::new();
+    for _ in 0..rounds {
+        let b = baseline_mb_per_s(&corpus, bytes);
+        let w = whetstone_mb_per_s(&corpus, bytes, traces);
+        round_ratios.push(format!("{:.2}", w / b));
+        baseline = baseline.max(b);
+        whetstone = whetstone.max(w);
+    }
     println!(
-        "corpus: {:.0} MB OTLP/JSON, {traces} traces ({} lines)",
+        "corpus: {:.0} MB OTLP/JSON, {traces} traces ({} lines); best of {rounds} rounds",
         bytes / 1e6,
         traces * 2
     );
@@ -149,7 +162,11 @@ fn main() {
     println!("|---|---|");
     println!("| serde_json -> Value (baseline) | {baseline:.1} MB/s |");
     println!("| whetstone import (parse, assemble, SQLite commit) | {whetstone:.1} MB/s |");
-    println!("| ratio (target >= 0.5) | {:.2} |", whetstone / baseline);
+    println!(
+        "| ratio (target >= 0.5) | {:.2} (per round: {}) |",
+        whetstone / baseline,
+        round_ratios.join(", ")
+    );
     std::fs::remove_file(&corpus).unwrap();
 
     let big = dir.path().join("otlp-big.jsonl");

@@ -431,6 +431,36 @@ fn spans_wait_for_their_root_across_passes_then_become_one_episode() {
 }
 
 #[test]
+fn one_line_batches_parsed_on_several_threads_are_committed_in_file_order() {
+    // Each line is its own batch, and batches are parsed by several workers:
+    // were any committed out of order, a root would land before its
+    // children, which would then be rejected as late.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otel.jsonl");
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let traces: Vec<String> = (0..200).map(|i| format!("{:032x}", i + 1)).collect();
+    let mut text = String::new();
+    for trace in &traces {
+        let child = span(trace, "00000000000000a1", Some("00000000000000a0"), "tool");
+        let root = span(trace, "00000000000000a0", None, "root");
+        text += &(otlp_line(vec![child]) + &otlp_line(vec![root]));
+    }
+    append(&file, &text);
+    let options = IngestOptions {
+        batch_lines: 1,
+        ..IngestOptions::default()
+    };
+    let report = import(&mut store, &[&file], &options);
+    assert_eq!(report.rejects_total(), 0, "{:?}", report.first_rejects);
+    assert_eq!((report.episodes_new, report.spans_new), (200, 400));
+    assert_eq!(report.lines, 400);
+    let stored = store.load_episodes(&EpisodeFilter::default()).unwrap();
+    let in_store_order: Vec<&str> = stored.iter().map(|s| s.episode.trace_id.as_str()).collect();
+    assert_eq!(in_store_order, traces, "episodes are stored in file order");
+    assert!(stored.iter().all(|s| s.episode.steps.len() == 1));
+}
+
+#[test]
 fn rootless_traces_wait_for_the_quiet_period_or_finalize() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("otel.jsonl");

@@ -22,6 +22,10 @@ use crate::trace::{self, Reason};
 /// Bytes of the file start covered by a cursor's fingerprint.
 const FINGERPRINT_BYTES: usize = 4096;
 
+/// A transaction takes more staged batches only while it holds fewer bytes
+/// of lines than this (and fewer than `batch_lines` lines).
+const TRANSACTION_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Read buffer size, for lines and for hashing documents.
 pub(super) const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -111,8 +115,8 @@ fn read_head(mut file: &File, size: u64) -> io::Result<Vec<u8>> {
 }
 
 /// Reads complete lines from `resume` = (byte offset, lines before it),
-/// parsed on other threads (see `pipeline.rs`) while this one commits each
-/// batch with the cursor after its last line.
+/// parsed on other threads (see `pipeline.rs`) while this one commits them,
+/// each transaction with the cursor after its last line.
 fn ingest_lines(
     store: &mut Store,
     open: &OpenFile,
@@ -140,14 +144,31 @@ fn ingest_lines(
     };
     let max_spans = options.max_spans_per_trace as u64;
     let mut batch_start = resume.0;
-    pipeline::read_lines(open, resume, options, |read| {
-        let mut batch = Batch::begin(store, max_spans)?;
-        batch.apply(read.staging, report)?;
-        batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))?;
-        report.lines += read.lines;
-        report.bytes += read.end_offset - batch_start;
-        progress(read.end_offset - batch_start);
-        batch_start = read.end_offset;
+    pipeline::read_lines(open, resume, options, |staged| {
+        while let Some(mut read) = staged.next()? {
+            // Batches staged while the previous transaction committed join
+            // this one: fewer commits write each index page fewer times.
+            let mut batch = Batch::begin(store, max_spans)?;
+            let mut lines = 0;
+            loop {
+                batch.apply(read.staging, report)?;
+                lines += read.lines;
+                if lines >= options.batch_lines as u64
+                    || read.end_offset - batch_start >= TRANSACTION_MAX_BYTES
+                {
+                    break;
+                }
+                match staged.next_ready()? {
+                    Some(more) => read = more,
+                    None => break,
+                }
+            }
+            batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))?;
+            report.lines += lines;
+            report.bytes += read.end_offset - batch_start;
+            progress(read.end_offset - batch_start);
+            batch_start = read.end_offset;
+        }
         Ok(())
     })
 }

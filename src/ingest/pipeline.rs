@@ -3,14 +3,13 @@
 //! A reader thread splits the file into raw batches of complete lines (every
 //! `batch_lines` lines or [`BATCH_MAX_BYTES`] bytes); parse workers, one per
 //! core up to [`MAX_PARSE_WORKERS`], parse and stage them (see `stage.rs`);
-//! the calling thread commits the staged batches in file order. Batches go to
-//! the workers in turn and are taken back in the same turn, so order needs
-//! no bookkeeping. Channels are bounded: at most about three batches per
+//! the calling thread takes the staged batches in file order ([`Staged`]) and
+//! commits them. Channels are bounded: at most about three batches per
 //! worker are in memory, whatever the file size.
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::Builder;
 
 use super::IngestOptions;
@@ -64,13 +63,13 @@ struct RawLine {
 }
 
 /// Reads the complete lines of `open` from `resume` = (byte offset, lines
-/// before it) and hands each staged batch, in file order, to `commit`.
-/// Stops at the first error, from `commit`, staging or reading.
+/// before it) and runs `store` on the staged batches, which it takes in file
+/// order from [`Staged`]. Returns the first error, from `store` or reading.
 pub fn read_lines(
     open: &OpenFile,
     resume: (u64, u64),
     options: &IngestOptions,
-    mut commit: impl FnMut(ReadBatch) -> Result<(), FileError>,
+    store: impl FnOnce(&mut Staged) -> Result<(), FileError>,
 ) -> Result<(), FileError> {
     let n_workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -98,24 +97,70 @@ pub fn read_lines(
             .spawn_scoped(scope, move || {
                 read_raw_batches(open, resume, options, to_workers)
             })?;
-        let mut committed = Ok(());
-        for results in from_workers.iter().cycle() {
-            // A worker without a next result has no next batch: the batches
-            // went to the workers in this same turn, so the file is done.
-            let Ok(staged) = results.recv() else { break };
-            if let Err(err) = staged.map_err(FileError::from).and_then(&mut commit) {
-                committed = Err(err);
-                break;
-            }
-        }
+        let mut staged = Staged {
+            workers: from_workers,
+            next: 0,
+            done: false,
+        };
+        let stored = store(&mut staged);
         // Dropping the receivers stops workers and reader still sending.
-        drop(from_workers);
+        drop(staged);
         let read = reader.join().expect("trace reader thread panicked");
         for worker in workers {
             worker.join().expect("trace parse worker panicked");
         }
-        committed.and(read)
+        stored.and(read)
     })
+}
+
+/// The staged batches of a file, in file order.
+///
+/// Batches go to the workers in turn and are taken back in the same turn, so
+/// order needs no bookkeeping: a worker without a next result has no next
+/// batch, and the file is done.
+pub struct Staged {
+    workers: Vec<Receiver<Result<ReadBatch, StoreError>>>,
+    next: usize,
+    done: bool,
+}
+
+impl Staged {
+    /// The next batch, waiting for it; `None` once the file is done.
+    pub fn next(&mut self) -> Result<Option<ReadBatch>, FileError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.workers[self.next].recv() {
+            Ok(staged) => self.advance(staged),
+            Err(_) => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The next batch if it is staged already, without waiting.
+    pub fn next_ready(&mut self) -> Result<Option<ReadBatch>, FileError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.workers[self.next].try_recv() {
+            Ok(staged) => self.advance(staged),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+
+    fn advance(
+        &mut self,
+        staged: Result<ReadBatch, StoreError>,
+    ) -> Result<Option<ReadBatch>, FileError> {
+        self.next = (self.next + 1) % self.workers.len();
+        Ok(Some(staged?))
+    }
 }
 
 /// Parses and stages the raw batches it is given, until the reader is done
