@@ -236,6 +236,33 @@ mod tests {
     }
 
     #[test]
+    fn json_text_bodies_of_a_version_2_database_read_after_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = r#"{"trace_id":"t1","format":"whetstone_jsonl","prompt":{"name":"p","version":"1","text":null},"input":"hi","steps":[],"rewards":{},"status":"ok","start_time_unix_nano":null,"duration_ms":null,"usage":{"input_tokens":0,"output_tokens":0},"policy_version":null,"source":{"file":"a.jsonl","line":1}}"#;
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            for migration in &migrations::MIGRATIONS[..2] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO episodes (trace_id, format, status, n_steps, source_file,
+                     source_line, ingested_at_unix_ms, body)
+                 VALUES ('t1', 'whetstone_jsonl', 'ok', 0, 'a.jsonl', 1, 0, ?1)",
+                [body],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            migrations::MIGRATIONS.len() as i64
+        );
+        let episode = store.episode("t1").unwrap().unwrap().episode;
+        assert_eq!(episode.input.as_deref(), Some("hi"));
+    }
+
+    #[test]
     fn newer_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
