@@ -103,13 +103,15 @@ pub(super) fn decode_json<T: DeserializeOwned>(
     source: &Source,
     what: &str,
 ) -> Result<T, Diagnostic> {
-    // The fast path tracks no field path; only a failure is parsed again,
-    // with path tracking, to say which field was wrong.
-    if let Ok(value) = serde_json::from_slice(bytes) {
+    // Validating UTF-8 once for the whole line, then parsing from `str`,
+    // spares the parser validating each string again. The fast path tracks
+    // no field path; only a failure is parsed again, with path tracking, to
+    // say which field was wrong.
+    let text = check_utf8(bytes, source)?;
+    if let Ok(value) = serde_json::from_str(text) {
         return Ok(value);
     }
-    check_utf8(bytes, source)?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -127,10 +129,11 @@ pub(super) fn decode_json<T: DeserializeOwned>(
     })
 }
 
-/// Rejects input that is not UTF-8 text, naming the first bad byte.
-pub(super) fn check_utf8(bytes: &[u8], source: &Source) -> Result<(), Diagnostic> {
+/// The input as text; input that is not UTF-8 is rejected, naming the
+/// first bad byte.
+pub(super) fn check_utf8<'a>(bytes: &'a [u8], source: &Source) -> Result<&'a str, Diagnostic> {
     match std::str::from_utf8(bytes) {
-        Ok(_) => Ok(()),
+        Ok(text) => Ok(text),
         Err(err) => Err(Diagnostic::new(
             &source.file,
             source.line,
