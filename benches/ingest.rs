@@ -143,7 +143,7 @@ fn main() {
     baseline_mb_per_s(&corpus, bytes);
     // Alternate the two sides a few times; the best of each is compared, so
     // a noisy neighbour slowing one round does not decide the ratio.
-    let rounds = env_mb("WHETSTONE_BENCH_ROUNDS", 3).max(1);
+    let rounds = env_mb("WHETSTONE_BENCH_ROUNDS", 5).max(1);
     let (mut baseline, mut whetstone) = (0f64, 0f64);
     let mut round_ratios = Vec::new();
     for _ in 0..rounds {

@@ -1,7 +1,7 @@
 //! How an episode is kept in `episodes.body`: its JSON, compressed with zstd.
 //!
 //! Episode JSON repeats itself (every LLM call carries the conversation so
-//! far), so it compresses about 3× even at the fastest levels; that cuts the
+//! far), so it compresses 2.5–3× even at the fastest levels; that cuts the
 //! bytes SQLite writes — twice, to the WAL and at checkpoint — by as much.
 //! Rows written as plain JSON text (before compression) still read.
 
@@ -10,9 +10,10 @@ use rusqlite::types::ValueRef;
 use super::StoreError;
 use crate::trace::Episode;
 
-/// zstd level for episode bodies: the fastest standard level, which already
-/// finds the long repeats that make up most of an episode.
-const LEVEL: i32 = -3;
+/// zstd level for episode bodies: a fast negative level. On the ingest
+/// bench corpus, -5 costs 2 % fewer instructions per import than -3 and 5 %
+/// fewer than -1, for a 6 % (resp. 14 %) larger database.
+const LEVEL: i32 = -5;
 
 /// Serializes and compresses episodes, reusing its buffers between calls.
 pub struct BodyEncoder {
