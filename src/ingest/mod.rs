@@ -11,8 +11,9 @@
 //! Spans are kept pending until their trace is complete: when its root span
 //! arrives, or when no span of it arrived for `quiet_period_secs`.
 //!
-//! Memory stays bounded whatever the input: one read buffer, one line of at
-//! most `max_line_bytes` (longer lines are skipped, not buffered), one
+//! Memory stays bounded whatever the input: a few batches in flight between
+//! the reader, the parse workers and the store (see `pipeline.rs`), lines of
+//! at most `max_line_bytes` (longer lines are skipped, not buffered), one
 //! document of at most `max_document_bytes`, one trace of at most
 //! `max_spans_per_trace` spans.
 
