@@ -63,7 +63,7 @@ struct RawSpan {
     #[serde(default, alias = "end_time_unix_nano", deserialize_with = "de_opt_u64")]
     end_time_unix_nano: Option<u64>,
     #[serde(default)]
-    attributes: Vec<KeyValue>,
+    attributes: Attributes,
     #[serde(default)]
     events: Vec<RawEvent>,
     #[serde(default)]
@@ -78,7 +78,7 @@ struct RawEvent {
     #[serde(default)]
     name: String,
     #[serde(default)]
-    attributes: Vec<KeyValue>,
+    attributes: Attributes,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +103,32 @@ impl<'de> Deserialize<'de> for EnumValue {
             NumOrString::F(v) => EnumValue::Int(v as i64),
             NumOrString::S(s) => EnumValue::Name(s),
         })
+    }
+}
+
+/// A list of `KeyValue`s read straight into a map, without the list.
+#[derive(Default)]
+struct Attributes(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of attributes")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Attributes, A::Error> {
+                let mut map = Map::new();
+                // As in a map built from the list, a repeated key keeps its
+                // last value.
+                while let Some(kv) = seq.next_element::<KeyValue>()? {
+                    map.insert(kv.key, kv.value.map_or(Value::Null, any_to_json));
+                }
+                Ok(Attributes(map))
+            }
+        }
+        d.deserialize_seq(Visitor)
     }
 }
 
@@ -144,7 +170,8 @@ struct KeyValueList {
     values: Vec<KeyValue>,
 }
 
-/// A JSON number or a string (int64 fields are strings in OTLP/JSON).
+/// A JSON number or a string (int64 fields are strings in OTLP/JSON, enums
+/// names in `MessageToJson`); a string holding a number is that number.
 ///
 /// Deserialized by a visitor rather than `#[serde(untagged)]`, which buffers
 /// the value and builds an error per variant tried: this is on the hot path.
@@ -172,8 +199,18 @@ impl<'de> Deserialize<'de> for NumOrString {
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumOrString, E> {
                 Ok(NumOrString::F(v))
             }
+            /// A numeric string is parsed here, sparing a `String`:
+            /// timestamps and int64 values are strings in OTLP/JSON.
             fn visit_str<E: de::Error>(self, v: &str) -> Result<NumOrString, E> {
-                Ok(NumOrString::S(v.to_string()))
+                Ok(if let Ok(u) = v.parse() {
+                    NumOrString::U(u)
+                } else if let Ok(i) = v.parse() {
+                    NumOrString::I(i)
+                } else if let Ok(f) = v.parse() {
+                    NumOrString::F(f)
+                } else {
+                    NumOrString::S(v.to_string())
+                })
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<NumOrString, E> {
                 Ok(NumOrString::S(v))
@@ -328,14 +365,14 @@ fn convert_span(raw: RawSpan, source: &Source) -> Result<Span, Diagnostic> {
         end_time_unix_nano: raw.end_time_unix_nano.unwrap_or(start),
         error,
         status_message,
-        attributes: attributes_to_map(raw.attributes),
+        attributes: raw.attributes.0,
         events: raw
             .events
             .into_iter()
             .map(|event| SpanEvent {
                 name: event.name,
                 time_unix_nano: event.time_unix_nano.unwrap_or(0),
-                attributes: attributes_to_map(event.attributes),
+                attributes: event.attributes.0,
             })
             .collect(),
         source: source.clone(),
@@ -389,6 +426,18 @@ mod tests {
         assert_eq!(a.attributes, b.attributes);
         assert_eq!(a.attributes["n"], Value::from(42));
         assert_eq!(a.end_time_unix_nano, 1544712661000000000);
+    }
+
+    #[test]
+    fn numbers_written_as_strings_and_repeated_keys() {
+        let line = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","attributes":[{"key":"neg","value":{"intValue":"-7"}},{"key":"nan","value":{"doubleValue":"NaN"}},{"key":"half","value":{"doubleValue":"0.5"}},{"key":"k","value":{"stringValue":"first"}},{"key":"k","value":{"stringValue":"last"}},{"key":"digits","value":{"stringValue":"42"}}]}]}]}]}"#;
+        let span = parse_request(line, &source()).unwrap().remove(0);
+        assert_eq!(span.start_time_unix_nano, 1544712660000000000);
+        assert_eq!(span.attributes["neg"], Value::from(-7));
+        assert_eq!(span.attributes["nan"], Value::Null);
+        assert_eq!(span.attributes["half"], Value::from(0.5));
+        assert_eq!(span.attributes["k"], Value::from("last"));
+        assert_eq!(span.attributes["digits"], Value::from("42"));
     }
 
     #[test]
