@@ -11,7 +11,7 @@ pub const MIGRATIONS: &[&str] = &[
     // 1: traces ingestion — episodes, file cursors, pending spans, rejects.
     r#"
     -- One row per ingested episode. `body` is the Episode JSON (since
-    -- migration 3, zstd-compressed: see store/body.rs); the other
+    -- migration 3, zstd-compressed MessagePack: see store/body.rs); the other
     -- columns are copies of its fields, kept for filtering and statistics.
     CREATE TABLE episodes (
         id                   INTEGER PRIMARY KEY,
@@ -107,10 +107,10 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 2: APO's evaluation cache, rewrite cache and LLM call ledger.
     crate::apo::cache::SCHEMA,
-    // 3: episode bodies are zstd blobs from now on (JSON text ones still
-    // read), and the name indexes of the two narrow per-episode tables go:
-    // statistics scan those tables whole anyway, and each index cost every
-    // ingested episode another B-tree insert.
+    // 3: episode bodies are zstd-compressed MessagePack blobs from now on
+    // (JSON text ones still read), and the name indexes of the two narrow
+    // per-episode tables go: statistics scan those tables whole anyway, and
+    // each index cost every ingested episode another B-tree insert.
     r#"
     DROP INDEX episode_rewards_by_name;
     DROP INDEX episode_tools_by_name;

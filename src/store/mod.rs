@@ -66,10 +66,10 @@ pub enum StoreError {
         what: String,
         source: serde_json::Error,
     },
-    #[error("zstd failed on stored {what}: {source}")]
-    Compression {
+    #[error("stored form of {what}: {source}")]
+    Body {
         what: String,
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
