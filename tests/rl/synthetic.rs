@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use whetstone::rl::NO_TOOL;
 use whetstone::rng::Rng;
 use whetstone::trace::{
-    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, StepKind, TokenUsage,
-    ToolCall, TraceFormat,
+    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, TokenUsage, ToolCall,
+    TraceFormat,
 };
 
 /// The tools the synthetic agent has.
@@ -113,20 +113,6 @@ pub fn task(rng: &mut Rng, held_out: bool) -> (String, &'static str) {
     }
 }
 
-fn step(kind: StepKind, name: &str) -> Step {
-    Step {
-        kind,
-        name: name.to_string(),
-        error: false,
-        error_message: None,
-        start_time_unix_nano: None,
-        duration_ms: None,
-        rewards: BTreeMap::new(),
-        llm: None,
-        tool: None,
-    }
-}
-
 /// `n` logged episodes from a uniformly random logging policy.
 pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
     let mut rng = Rng::new(seed);
@@ -136,7 +122,6 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
         .map(|i| {
             let (input, best) = task(&mut rng, false);
             let chosen = actions[rng.below(actions.len())];
-            let mut llm = step(StepKind::Llm, "gpt-test");
             let mut call = LlmCall {
                 tools_available: TOOLS.iter().map(|t| t.to_string()).collect(),
                 ..LlmCall::default()
@@ -144,18 +129,15 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
             let mut steps = Vec::new();
             if chosen == NO_TOOL {
                 call.output_text = Some("Hello! How can I help?".into());
-                llm.llm = Some(call);
-                steps.push(llm);
+                steps.push(Step::llm("gpt-test", call));
             } else {
                 call.tool_calls = vec![RequestedToolCall {
                     id: Some("c1".into()),
                     name: chosen.into(),
                     arguments: serde_json::json!({}),
                 }];
-                llm.llm = Some(call);
-                steps.push(llm);
-                let mut tool = step(StepKind::Tool, chosen);
-                tool.tool = Some(ToolCall {
+                steps.push(Step::llm("gpt-test", call));
+                let tool = ToolCall {
                     call_id: Some("c1".into()),
                     arguments: serde_json::json!({}),
                     result: Some("ok".into()),
@@ -163,8 +145,8 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                         version: Some("logging".into()),
                         probability,
                     }),
-                });
-                steps.push(tool);
+                };
+                steps.push(Step::tool(chosen, tool));
             }
             let reward = if chosen == best { 1.0 } else { 0.0 };
             Episode {
