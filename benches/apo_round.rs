@@ -19,17 +19,6 @@ use support::TestServer;
 use whetstone::apo::{self, Budget, Evaluator, Scorer};
 use whetstone::llm::LlmClient;
 
-const PROMPTS: [&str; 8] = [
-    "Be helpful.",
-    "Be helpful. Cite the tool result.",
-    "Be helpful. Answer in one sentence.",
-    "Cite the tool result. Answer in one sentence.",
-    "Be brief.",
-    "Be kind. Cite the tool result.",
-    "Think step by step.",
-    "Be polite. Answer in one sentence.",
-];
-
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(bench());
@@ -37,18 +26,7 @@ fn main() {
 
 async fn bench() {
     let server = TestServer::start().await;
-    let data = apo::Dataset::build(
-        &support::episodes(40),
-        &apo::DatasetSpec {
-            prompt_name: "Controller",
-            validation_fraction: 0.1,
-            min_train: 16,
-            min_validation: 1,
-            reference_min_reward: 0.5,
-            require_reference: true,
-        },
-    )
-    .unwrap();
+    let data = support::controller_dataset(40);
     let train: Vec<&apo::Example> = data.train.iter().take(16).collect();
     println!(
         "scorer,latency_ms,concurrency,calls,bound_ms,wall_ms_min,wall_ms_median,ratio_median"
@@ -78,7 +56,7 @@ async fn bench() {
                 };
                 let evaluator = Evaluator::new(&llm, &budget, &conn, scorer, 256);
                 let started = Instant::now();
-                let outcome = apo::evaluate_all(&evaluator, &PROMPTS, &train).await;
+                let outcome = apo::evaluate_all(&evaluator, &support::RACE_PROMPTS, &train).await;
                 walls.push(started.elapsed());
                 assert!(outcome.scores.iter().all(|s| s.len() == train.len()));
                 let stats = evaluator.stats();

@@ -163,29 +163,9 @@ async fn second_run_is_served_from_cache_and_same_seed_gives_same_result() {
 async fn racing_picks_the_same_winner_with_fewer_task_calls() {
     let server = TestServer::start().await;
     let llm = client(&server);
-    let data = apo::Dataset::build(
-        &episodes(32),
-        &apo::DatasetSpec {
-            prompt_name: "Controller",
-            validation_fraction: 0.1,
-            min_train: 16,
-            min_validation: 1,
-            reference_min_reward: 0.5,
-            require_reference: true,
-        },
-    )
-    .unwrap();
+    let data = support::controller_dataset(32);
     let train: Vec<&apo::Example> = data.train.iter().take(16).collect();
-    let prompts = [
-        "Be helpful.",
-        "Be helpful. Cite the tool result.",
-        "Be helpful. Answer in one sentence.",
-        "Cite the tool result. Answer in one sentence.",
-        "Be brief.",
-        "Be kind. Cite the tool result.",
-        "Think step by step.",
-        "Be polite. Answer in one sentence.",
-    ];
+    let prompts = support::RACE_PROMPTS;
     let winner = |outcome: &apo::RaceOutcome| {
         (0..prompts.len())
             .filter(|idx| outcome.complete[*idx])

@@ -400,6 +400,37 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
     }
 }
 
+/// Eight candidate prompts for racing: exactly one ("Cite the tool
+/// result. Answer in one sentence.") makes `task-model` answer well.
+pub const RACE_PROMPTS: [&str; 8] = [
+    "Be helpful.",
+    "Be helpful. Cite the tool result.",
+    "Be helpful. Answer in one sentence.",
+    "Cite the tool result. Answer in one sentence.",
+    "Be brief.",
+    "Be kind. Cite the tool result.",
+    "Think step by step.",
+    "Be polite. Answer in one sentence.",
+];
+
+/// The APO dataset of [`episodes`]`(n)` for prompt "Controller", a tenth
+/// held out for validation, and its first 16 training examples are what the
+/// racing test and the APO round bench evaluate.
+pub fn controller_dataset(n: usize) -> whetstone::apo::Dataset {
+    whetstone::apo::Dataset::build(
+        &episodes(n),
+        &whetstone::apo::DatasetSpec {
+            prompt_name: "Controller",
+            validation_fraction: 0.1,
+            min_train: 16,
+            min_validation: 1,
+            reference_min_reward: 0.5,
+            require_reference: true,
+        },
+    )
+    .unwrap()
+}
+
 /// `n` good episodes about different cities.
 pub fn episodes(n: usize) -> Vec<Episode> {
     const CITIES: [&str; 8] = [
