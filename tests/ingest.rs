@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use whetstone::ingest::{IngestOptions, IngestReport, ingest_paths};
+use whetstone::ingest::{IngestOptions, IngestReport, Progress, ingest_paths};
 use whetstone::store::{EpisodeFilter, Store};
 use whetstone::trace::{Reason, TraceFormat};
 
@@ -458,6 +458,48 @@ fn one_line_batches_parsed_on_several_threads_are_committed_in_file_order() {
     let in_store_order: Vec<&str> = stored.iter().map(|s| s.episode.trace_id.as_str()).collect();
     assert_eq!(in_store_order, traces, "episodes are stored in file order");
     assert!(stored.iter().all(|s| s.episode.steps.len() == 1));
+}
+
+#[test]
+fn no_transaction_commits_more_than_batch_lines_lines() {
+    // Lines of ~300 KB make the reader cut raw batches by size (1 MiB, so
+    // 3–4 lines) before `batch_lines` = 5: two of them must never share one
+    // transaction. Progress is reported once per commit, in bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.jsonl");
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let padding = "x".repeat(300_000);
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let mut line: Value =
+                serde_json::from_str(&episode_line(&format!("ep-{i:06}"))).unwrap();
+            line["input"] = Value::from(format!("{padding} {i:06}"));
+            line.to_string() + "\n"
+        })
+        .collect();
+    let line_bytes = lines[0].len() as u64;
+    assert!(lines.iter().all(|l| l.len() as u64 == line_bytes));
+    append(&file, &lines.concat());
+    let options = IngestOptions {
+        batch_lines: 5,
+        ..IngestOptions::default()
+    };
+    let mut commits = Vec::new();
+    let report = ingest_paths(&mut store, &[file], &options, &mut |progress| {
+        if let Progress::Advanced(bytes) = progress {
+            commits.push(bytes);
+        }
+    })
+    .unwrap();
+    assert_eq!(report.episodes_new, 40);
+    assert_eq!(commits.iter().sum::<u64>(), 40 * line_bytes);
+    for bytes in commits {
+        assert!(
+            bytes <= 5 * line_bytes,
+            "a transaction of {} lines",
+            bytes / line_bytes
+        );
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub struct TracesConfig {
     pub max_document_bytes: u64,
     /// Spans kept per trace; further spans of it are rejected as `too_large`.
     pub max_spans_per_trace: usize,
-    /// Lines committed per store transaction during import.
+    /// Most lines committed per store transaction during import.
     pub batch_lines: usize,
 }
 

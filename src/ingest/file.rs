@@ -23,7 +23,7 @@ use crate::trace::{self, Reason};
 const FINGERPRINT_BYTES: usize = 4096;
 
 /// A transaction takes more staged batches only while it holds fewer bytes
-/// of lines than this (and fewer than `batch_lines` lines).
+/// of lines than this (and never more than `batch_lines` lines).
 const TRANSACTION_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Read buffer size, for lines and for hashing documents.
@@ -145,7 +145,13 @@ fn ingest_lines(
     let max_spans = options.max_spans_per_trace as u64;
     let mut batch_start = resume.0;
     pipeline::read_lines(open, resume, options, |staged| {
-        while let Some(mut read) = staged.next()? {
+        // A staged batch that would take a transaction past `batch_lines`
+        // starts the next one instead.
+        let mut carried = None;
+        while let Some(mut read) = carried
+            .take()
+            .map_or_else(|| staged.next(), |b| Ok(Some(b)))?
+        {
             // Batches staged while the previous transaction committed join
             // this one: fewer commits write each index page fewer times.
             let mut batch = Batch::begin(store, max_spans)?;
@@ -153,14 +159,15 @@ fn ingest_lines(
             loop {
                 batch.apply(read.staging, report)?;
                 lines += read.lines;
-                if lines >= options.batch_lines as u64
-                    || read.end_offset - batch_start >= TRANSACTION_MAX_BYTES
-                {
+                if read.end_offset - batch_start >= TRANSACTION_MAX_BYTES {
                     break;
                 }
                 match staged.next_ready()? {
-                    Some(more) => read = more,
-                    None => break,
+                    Some(more) if lines + more.lines <= options.batch_lines as u64 => read = more,
+                    more => {
+                        carried = more;
+                        break;
+                    }
                 }
             }
             batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))?;

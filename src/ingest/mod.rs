@@ -51,7 +51,7 @@ const FINALIZE_BATCH_TRACES: usize = 500;
 /// configuration (its defaults are the defaults here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestOptions {
-    /// Lines committed per store transaction.
+    /// Most lines committed per store transaction.
     pub batch_lines: usize,
     /// Longest accepted line; longer ones are rejected as `line_too_long`.
     pub max_line_bytes: u64,
