@@ -312,6 +312,30 @@ fn traces_parse_command() {
     assert!(stderr.contains("mixed.jsonl:2: invalid_json"), "{stderr}");
     assert!(stderr.contains("mixed.jsonl:3: invalid_json"), "{stderr}");
 
+    // An unterminated last line over the limit is too long, not broken JSON
+    // (only its start is kept while reading).
+    let config = tmp.path().join("small-lines.toml");
+    std::fs::write(&config, "[traces]\nmax_line_bytes = 8192\n").unwrap();
+    let long_tail = tmp.path().join("long-tail.jsonl");
+    let tail = format!(
+        "{{\"id\":\"c\",\"input\":\"{}\",\"steps\":[]}}",
+        "x".repeat(20_000)
+    );
+    std::fs::write(&long_tail, format!("{{\"id\":\"a\",\"steps\":[]}}\n{tail}")).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["traces", "parse", "--config"])
+        .arg(&config)
+        .arg(&long_tail)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("long-tail.jsonl:2: line_too_long"),
+        "{stderr}"
+    );
+
     let missing = tmp.path().join("missing.jsonl");
     let out = std::process::Command::new(bin)
         .args(["traces", "parse"])

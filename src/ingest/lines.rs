@@ -21,8 +21,11 @@ pub enum NextLine {
     /// holds its first [`TOO_LONG_PREFIX_BYTES`] bytes. `len` excludes the
     /// terminator.
     TooLong { len: u64 },
-    /// End of input, possibly in the middle of a line (which is not returned).
-    End,
+    /// End of input, possibly in the middle of a line, which is not
+    /// returned: `tail` is its length so far (0 at a line boundary), and the
+    /// caller's buffer holds it, or its first [`TOO_LONG_PREFIX_BYTES`]
+    /// bytes when it is already longer than the limit.
+    End { tail: u64 },
 }
 
 /// Splits a byte stream into `\n`-terminated lines, tracking the offset of
@@ -65,7 +68,7 @@ impl<R: BufRead> LineReader<R> {
             if available.is_empty() {
                 // A partial last line is not consumed: `offset` stays at the
                 // end of the last complete line.
-                return Ok(NextLine::End);
+                return Ok(NextLine::End { tail: len });
             }
             let newline = memchr::memchr(b'\n', available);
             let chunk = &available[..newline.unwrap_or(available.len())];
@@ -110,7 +113,7 @@ mod tests {
         let mut line = Vec::new();
         loop {
             let next = lines.next_line(&mut line).unwrap();
-            if next == NextLine::End {
+            if let NextLine::End { .. } = next {
                 return (out, lines.offset());
             }
             out.push((next, line.clone()));
@@ -149,6 +152,19 @@ mod tests {
         let (lines, _) = read_all(b"12345\n123456\n", 5, 3);
         assert_eq!(lines[0], (NextLine::Line, b"12345".to_vec()));
         assert_eq!(lines[1].0, NextLine::TooLong { len: 6 });
+    }
+
+    #[test]
+    fn end_reports_the_length_of_an_unterminated_tail() {
+        let reader = io::BufReader::with_capacity(16, &b"ok\n0123456789"[..]);
+        let mut lines = LineReader::new(reader, 0, 4);
+        let mut line = Vec::new();
+        assert_eq!(lines.next_line(&mut line).unwrap(), NextLine::Line);
+        assert_eq!(
+            lines.next_line(&mut line).unwrap(),
+            NextLine::End { tail: 10 }
+        );
+        assert_eq!(lines.offset(), 3);
     }
 
     #[test]

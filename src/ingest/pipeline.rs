@@ -264,7 +264,7 @@ fn read_raw_batches(
                 read_error = Some(err);
                 break;
             }
-            Ok(NextLine::End) => break,
+            Ok(NextLine::End { .. }) => break,
             Ok(NextLine::Line) => None,
             Ok(NextLine::TooLong { len }) => Some(len),
         };

@@ -117,18 +117,19 @@ fn scan_file(
             }
             // A file being parsed is taken as it is: its last line counts
             // even without a newline (an import would wait for one).
-            NextLine::End if line.len() > max_line_bytes => {
+            NextLine::End { tail } if tail > options.max_line_bytes => {
                 let detail = format!(
-                    "last line exceeds traces.max_line_bytes = {}",
+                    "last line (without newline) of {tail} bytes exceeds traces.max_line_bytes = {}",
                     options.max_line_bytes
                 );
                 report
                     .rejects
                     .push(Diagnostic::new(&name, line_no, Reason::LineTooLong, detail));
             }
-            NextLine::Line | NextLine::End => {}
+            NextLine::Line | NextLine::End { .. } => {}
         }
-        if !line.trim_ascii().is_empty() && line.len() <= max_line_bytes {
+        let too_long = matches!(next, NextLine::End { tail } if tail > options.max_line_bytes);
+        if !line.trim_ascii().is_empty() && !too_long {
             let source = Source {
                 file: name.clone(),
                 line: line_no,
@@ -141,7 +142,7 @@ fn scan_file(
                 emit,
             )?;
         }
-        if next == NextLine::End {
+        if let NextLine::End { .. } = next {
             return Ok(());
         }
     }
