@@ -54,7 +54,7 @@ fn seconds_to_nanos(seconds: Option<f64>) -> u64 {
 }
 
 /// Parses one span line.
-pub(super) fn parse_span(line: &[u8], source: &Source) -> Result<Span, Diagnostic> {
+pub(super) fn parse_span(line: &str, source: &Source) -> Result<Span, Diagnostic> {
     let raw: RawSpan = decode_json(line, source, "agent-lightning span")?;
     let normalize = |id: &str| id.trim_start_matches("0x").to_ascii_lowercase();
     let (error, status_message) = match raw.status {

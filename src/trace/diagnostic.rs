@@ -99,15 +99,12 @@ impl fmt::Display for Diagnostic {
 /// the field path (`steps[2].kind`) for wrong types and says `invalid_json`
 /// for syntax errors such as truncation.
 pub(super) fn decode_json<T: DeserializeOwned>(
-    bytes: &[u8],
+    text: &str,
     source: &Source,
     what: &str,
 ) -> Result<T, Diagnostic> {
-    // Validating UTF-8 once for the whole line, then parsing from `str`,
-    // spares the parser validating each string again. The fast path tracks
-    // no field path; only a failure is parsed again, with path tracking, to
-    // say which field was wrong.
-    let text = check_utf8(bytes, source)?;
+    // The fast path tracks no field path; only a failure is parsed again,
+    // with path tracking, to say which field was wrong.
     if let Ok(value) = serde_json::from_str(text) {
         return Ok(value);
     }

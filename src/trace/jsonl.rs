@@ -78,7 +78,7 @@ enum RawError {
 
 /// Parses one JSONL line into an episode. An episode without an id gets one
 /// derived from the line's bytes, so re-reading the same line dedups.
-pub(super) fn parse_episode(line: &[u8], source: &Source) -> Result<Episode, Diagnostic> {
+pub(super) fn parse_episode(line: &str, source: &Source) -> Result<Episode, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
     let raw: RawEpisode = decode_json(line, source, "episode")?;
     if let Some(version) = raw.whetstone.filter(|&v| v != 1) {

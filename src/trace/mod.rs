@@ -52,14 +52,16 @@ pub enum Record {
 /// ```
 pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
+    // UTF-8 is validated here once; the readers parse from `str`, which
+    // spares serde_json validating every string again.
+    let text = diagnostic::check_utf8(line, source)?;
     // The common case, an OTLP request, is recognized from its first key
     // without a second parse; otherwise sniff the top-level keys (values are
     // skipped, not built).
     if matches!(first_key(line), Some(b"resourceSpans" | b"resource_spans")) {
-        return otlp::parse_request(line, source).map(Record::Spans);
+        return otlp::parse_request(text, source).map(Record::Spans);
     }
-    diagnostic::check_utf8(line, source)?;
-    let keys: BTreeMap<String, IgnoredAny> = match serde_json::from_slice(line) {
+    let keys: BTreeMap<String, IgnoredAny> = match serde_json::from_str(text) {
         Ok(keys) => keys,
         Err(err) if err.is_data() => {
             return Err(fail(
@@ -71,13 +73,13 @@ pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     };
     let has = |key: &str| keys.contains_key(key);
     if has("resourceSpans") || has("resource_spans") {
-        return otlp::parse_request(line, source).map(Record::Spans);
+        return otlp::parse_request(text, source).map(Record::Spans);
     }
     if has("whetstone") || has("steps") {
-        return jsonl::parse_episode(line, source).map(|e| Record::Episode(Box::new(e)));
+        return jsonl::parse_episode(text, source).map(|e| Record::Episode(Box::new(e)));
     }
     if has("span_id") && has("trace_id") {
-        return agentlightning::parse_span(line, source).map(|s| Record::Spans(vec![s]));
+        return agentlightning::parse_span(text, source).map(|s| Record::Spans(vec![s]));
     }
     let mut names: Vec<&str> = keys.keys().map(String::as_str).take(6).collect();
     names.sort_unstable();

@@ -301,8 +301,8 @@ fn attributes_to_map(attributes: Vec<KeyValue>) -> Map<String, Value> {
 
 /// Decodes one export request into spans. `source` is the line (or the first
 /// line of the document) the request came from.
-pub(super) fn parse_request(bytes: &[u8], source: &Source) -> Result<Vec<Span>, Diagnostic> {
-    let request: ExportRequest = decode_json(bytes, source, "OTLP request")?;
+pub(super) fn parse_request(text: &str, source: &Source) -> Result<Vec<Span>, Diagnostic> {
+    let request: ExportRequest = decode_json(text, source, "OTLP request")?;
     let mut spans = Vec::new();
     for resource in request.resource_spans {
         for scope in resource.scope_spans {
@@ -413,8 +413,8 @@ mod tests {
 
     #[test]
     fn spec_and_proto_encodings_give_the_same_ids() {
-        let spec = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"eee19b7ec3c1b174","parentSpanId":"","name":"chat","kind":3,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,"attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"l","value":{"arrayValue":{"values":[{"stringValue":"a"}]}}}],"status":{"code":2,"message":"boom"}}]}]}]}"#;
-        let proto = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"W47/95gDgQPSabYzgT/GDA==","spanId":"7uGbfsPBsXQ=","name":"chat","kind":"SPAN_KIND_CLIENT","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"l","value":{"arrayValue":{"values":[{"stringValue":"a"}]}}}],"status":{"code":"STATUS_CODE_ERROR","message":"boom"}}]}]}]}"#;
+        let spec = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"eee19b7ec3c1b174","parentSpanId":"","name":"chat","kind":3,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,"attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"l","value":{"arrayValue":{"values":[{"stringValue":"a"}]}}}],"status":{"code":2,"message":"boom"}}]}]}]}"#;
+        let proto = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"W47/95gDgQPSabYzgT/GDA==","spanId":"7uGbfsPBsXQ=","name":"chat","kind":"SPAN_KIND_CLIENT","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"l","value":{"arrayValue":{"values":[{"stringValue":"a"}]}}}],"status":{"code":"STATUS_CODE_ERROR","message":"boom"}}]}]}]}"#;
         let a = parse_request(spec, &source()).unwrap().remove(0);
         let b = parse_request(proto, &source()).unwrap().remove(0);
         assert_eq!(a.trace_id, "5b8efff798038103d269b633813fc60c");
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn numbers_written_as_strings_and_repeated_keys() {
-        let line = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","attributes":[{"key":"neg","value":{"intValue":"-7"}},{"key":"nan","value":{"doubleValue":"NaN"}},{"key":"half","value":{"doubleValue":"0.5"}},{"key":"k","value":{"stringValue":"first"}},{"key":"k","value":{"stringValue":"last"}},{"key":"digits","value":{"stringValue":"42"}}]}]}]}]}"#;
+        let line = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","attributes":[{"key":"neg","value":{"intValue":"-7"}},{"key":"nan","value":{"doubleValue":"NaN"}},{"key":"half","value":{"doubleValue":"0.5"}},{"key":"k","value":{"stringValue":"first"}},{"key":"k","value":{"stringValue":"last"}},{"key":"digits","value":{"stringValue":"42"}}]}]}]}]}"#;
         let span = parse_request(line, &source()).unwrap().remove(0);
         assert_eq!(span.start_time_unix_nano, 1544712660000000000);
         assert_eq!(span.attributes["neg"], Value::from(-7));
@@ -442,17 +442,17 @@ mod tests {
 
     #[test]
     fn bad_ids_and_types_name_the_field() {
-        let bad_id = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"xyz","spanId":"eee19b7ec3c1b174","name":"s"}]}]}]}"#;
+        let bad_id = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"xyz","spanId":"eee19b7ec3c1b174","name":"s"}]}]}]}"#;
         let err = parse_request(bad_id, &source()).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidField);
         assert!(err.detail.contains("traceId"), "{err}");
         assert_eq!(err.line, 7);
 
-        let bad_type = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","startTimeUnixNano":"soon"}]}]}]}"#;
+        let bad_type = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","startTimeUnixNano":"soon"}]}]}]}"#;
         let err = parse_request(bad_type, &source()).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidField);
 
-        let truncated = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8e"#;
+        let truncated = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8e"#;
         assert_eq!(
             parse_request(truncated, &source()).unwrap_err().reason,
             Reason::InvalidJson
