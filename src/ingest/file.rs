@@ -13,7 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use serde::de::IgnoredAny;
 
 use super::batch::{Batch, Origin, content_key};
-use super::pipeline;
+use super::pipeline::{self, ReadBatch};
 use super::stage::Staging;
 use super::{IngestOptions, IngestReport};
 use crate::store::{FileCursor, FileIdentity, Layout, Store, StoreError, now_unix_ms};
@@ -145,13 +145,7 @@ fn ingest_lines(
     let max_spans = options.max_spans_per_trace as u64;
     let mut batch_start = resume.0;
     pipeline::read_lines(open, resume, options, |staged| {
-        // A staged batch that would take a transaction past `batch_lines`
-        // starts the next one instead.
-        let mut carried = None;
-        while let Some(mut read) = carried
-            .take()
-            .map_or_else(|| staged.next(), |b| Ok(Some(b)))?
-        {
+        while let Some(mut read) = staged.next()? {
             // Batches staged while the previous transaction committed join
             // this one: fewer commits write each index page fewer times.
             let mut batch = Batch::begin(store, max_spans)?;
@@ -162,12 +156,12 @@ fn ingest_lines(
                 if read.end_offset - batch_start >= TRANSACTION_MAX_BYTES {
                     break;
                 }
-                match staged.next_ready()? {
-                    Some(more) if lines + more.lines <= options.batch_lines as u64 => read = more,
-                    more => {
-                        carried = more;
-                        break;
-                    }
+                // A ready batch that would take the transaction past
+                // `batch_lines` starts the next one instead.
+                let fits = |more: &ReadBatch| lines + more.lines <= options.batch_lines as u64;
+                match staged.next_ready_if(fits)? {
+                    Some(more) => read = more,
+                    None => break,
                 }
             }
             batch.commit(Some(&cursor_at(read.end_offset, read.end_line)))?;

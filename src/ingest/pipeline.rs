@@ -101,6 +101,7 @@ pub fn read_lines(
             workers: from_workers,
             next: 0,
             done: false,
+            held: None,
         };
         let stored = store(&mut staged);
         // Dropping the receivers stops workers and reader still sending.
@@ -122,11 +123,16 @@ pub struct Staged {
     workers: Vec<Receiver<Result<ReadBatch, StoreError>>>,
     next: usize,
     done: bool,
+    /// A batch taken by [`Staged::next_ready_if`] that did not fit.
+    held: Option<ReadBatch>,
 }
 
 impl Staged {
     /// The next batch, waiting for it; `None` once the file is done.
     pub fn next(&mut self) -> Result<Option<ReadBatch>, FileError> {
+        if let Some(held) = self.held.take() {
+            return Ok(Some(held));
+        }
         if self.done {
             return Ok(None);
         }
@@ -139,16 +145,28 @@ impl Staged {
         }
     }
 
-    /// The next batch if it is staged already, without waiting.
-    pub fn next_ready(&mut self) -> Result<Option<ReadBatch>, FileError> {
-        if self.done {
-            return Ok(None);
-        }
-        match self.workers[self.next].try_recv() {
-            Ok(staged) => self.advance(staged),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => {
-                self.done = true;
+    /// The next batch if it is staged already and `fits`, without waiting;
+    /// a staged batch that does not fit is kept for [`Staged::next`].
+    pub fn next_ready_if(
+        &mut self,
+        fits: impl FnOnce(&ReadBatch) -> bool,
+    ) -> Result<Option<ReadBatch>, FileError> {
+        let ready = match self.held.take() {
+            Some(held) => Some(held),
+            None if self.done => None,
+            None => match self.workers[self.next].try_recv() {
+                Ok(staged) => self.advance(staged)?,
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    self.done = true;
+                    None
+                }
+            },
+        };
+        match ready {
+            Some(batch) if fits(&batch) => Ok(Some(batch)),
+            other => {
+                self.held = other;
                 Ok(None)
             }
         }
