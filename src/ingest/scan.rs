@@ -125,11 +125,11 @@ fn scan_file(
                 report
                     .rejects
                     .push(Diagnostic::new(&name, line_no, Reason::LineTooLong, detail));
+                return Ok(());
             }
             NextLine::Line | NextLine::End { .. } => {}
         }
-        let too_long = matches!(next, NextLine::End { tail } if tail > options.max_line_bytes);
-        if !line.trim_ascii().is_empty() && !too_long {
+        if !line.trim_ascii().is_empty() {
             let source = Source {
                 file: name.clone(),
                 line: line_no,
