@@ -12,6 +12,11 @@ use std::io::{self, BufRead};
 /// line when it is read again).
 pub const TOO_LONG_PREFIX_BYTES: usize = 4096;
 
+/// The reject detail for a line of `len` bytes over the limit.
+pub fn too_long_detail(len: u64, max_line_bytes: u64) -> String {
+    format!("line of {len} bytes exceeds traces.max_line_bytes = {max_line_bytes}")
+}
+
 /// One step of [`LineReader::next_line`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextLine {

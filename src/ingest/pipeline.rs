@@ -15,7 +15,7 @@ use std::thread::Builder;
 use super::IngestOptions;
 use super::batch::{Origin, content_key};
 use super::file::{FileError, OpenFile, READ_BUFFER_BYTES};
-use super::lines::{LineReader, NextLine};
+use super::lines::{LineReader, NextLine, too_long_detail};
 use super::stage::Staging;
 use crate::store::StoreError;
 use crate::trace::{self, Reason, Source};
@@ -209,10 +209,7 @@ fn stage_raw_batch(
         start = line.end;
         if let Some(len) = line.too_long {
             let key = content_key(&[bytes, &len.to_le_bytes()]);
-            let detail = format!(
-                "line of {len} bytes exceeds traces.max_line_bytes = {}",
-                options.max_line_bytes
-            );
+            let detail = too_long_detail(len, options.max_line_bytes);
             staging.reject_input(Reason::LineTooLong, detail, &origin(open, line, &key));
             continue;
         }

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::lines::{LineReader, NextLine};
+use super::lines::{LineReader, NextLine, too_long_detail};
 use super::{IngestOptions, IngestReport, collect_files};
 use crate::trace::{self, Diagnostic, Episode, Reason, Record, Source, Span};
 
@@ -106,10 +106,7 @@ fn scan_file(
         line_no += 1;
         match next {
             NextLine::TooLong { len } => {
-                let detail = format!(
-                    "line of {len} bytes exceeds traces.max_line_bytes = {}",
-                    options.max_line_bytes
-                );
+                let detail = too_long_detail(len, options.max_line_bytes);
                 report
                     .rejects
                     .push(Diagnostic::new(&name, line_no, Reason::LineTooLong, detail));
