@@ -659,6 +659,157 @@ fn broken_first_line_does_not_turn_json_lines_into_a_document() {
     assert_eq!(report.first_rejects[0].line, 1);
 }
 
+// --- Edges found by testing from outside (issue 11) --------------------------
+
+#[test]
+fn byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.jsonl");
+    fs::write(&file, format!("\u{feff}{}", lines_of(ids(0..3)))).unwrap();
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let report = import(&mut store, &[&file], &small_batches());
+    assert_eq!(
+        report.rejects,
+        BTreeMap::new(),
+        "{:?}",
+        report.first_rejects
+    );
+    assert_eq!(trace_ids(&store), ids(0..3));
+}
+
+#[test]
+fn pretty_printed_document_with_a_byte_order_mark_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    let request = serde_json::from_str::<Value>(&otlp_line(vec![span(
+        TRACE_A,
+        "00000000000000a1",
+        None,
+        "root",
+    )]))
+    .unwrap();
+    let pretty = serde_json::to_string_pretty(&request).unwrap();
+    fs::write(&file, format!("\u{feff}{pretty}\n")).unwrap();
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let report = import(&mut store, &[&file], &small_batches());
+    assert_eq!(
+        report.rejects,
+        BTreeMap::new(),
+        "{:?}",
+        report.first_rejects
+    );
+    assert_eq!(report.episodes_new, 1);
+}
+
+#[test]
+fn parse_and_import_agree_on_a_file_whose_first_line_is_a_broken_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.jsonl");
+    fs::write(&file, format!("{{\"steps\": [\n{}", lines_of(ids(0..3)))).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        .args(["traces", "parse"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("agent.jsonl:1: invalid_json"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn dangling_symlinks_loops_and_fifos_in_a_folder_are_reported_once_each() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    fs::create_dir(&traces).unwrap();
+    fs::write(traces.join("good.jsonl"), lines_of(ids(0..2))).unwrap();
+    symlink(traces.join("gone.jsonl"), traces.join("dangling.jsonl")).unwrap();
+    symlink(traces.join("loop-b.jsonl"), traces.join("loop-a.jsonl")).unwrap();
+    symlink(traces.join("loop-a.jsonl"), traces.join("loop-b.jsonl")).unwrap();
+    symlink(dir.path(), traces.join("up")).unwrap();
+    let fifo = traces.join("pipe.jsonl");
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o644) }, 0);
+
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let report = import(&mut store, &[&traces], &small_batches());
+    assert_eq!(report.episodes_new, 2);
+    assert!(report.file_errors.is_empty(), "{:?}", report.file_errors);
+    let skipped: BTreeMap<String, String> = report
+        .skipped
+        .iter()
+        .map(|s| {
+            (
+                s.path.file_name().unwrap().to_string_lossy().into_owned(),
+                s.error.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        skipped.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "dangling.jsonl",
+            "loop-a.jsonl",
+            "loop-b.jsonl",
+            "pipe.jsonl",
+            "up"
+        ]
+    );
+    assert!(
+        skipped["dangling.jsonl"].contains("broken symlink"),
+        "{skipped:?}"
+    );
+    assert!(skipped["pipe.jsonl"].contains("FIFO"), "{skipped:?}");
+    assert!(skipped["up"].contains("not followed"), "{skipped:?}");
+
+    // The CLI names each one on its own line.
+    let output = whetstone(&dir.path().join("cli-data"))
+        .args(["traces", "import"])
+        .arg(&traces)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.matches("skipped ").count(), 5, "{stdout}");
+}
+
+#[test]
+fn unterminated_over_long_last_line_is_reported_once_the_file_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.jsonl");
+    let tail = format!("{{\"steps\": \"{}", "a".repeat(5000));
+    fs::write(&file, lines_of(ids(0..2)) + &tail).unwrap();
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    let growing = IngestOptions {
+        max_line_bytes: 1024,
+        quiet_period_secs: 3600,
+        ..IngestOptions::default()
+    };
+    // Still being written: nothing to report yet.
+    let report = import(&mut store, &[&file], &growing);
+    assert_eq!((report.episodes_new, report.rejects_total()), (2, 0));
+    // Settled (here: a finalizing pass): reported with its line, once.
+    let settled = IngestOptions {
+        finalize: true,
+        ..growing
+    };
+    let report = import(&mut store, &[&file], &settled);
+    assert_eq!(report.rejects, BTreeMap::from([(Reason::LineTooLong, 1)]));
+    assert_eq!(report.first_rejects[0].line, 3);
+    assert!(
+        report.first_rejects[0].detail.contains("without newline"),
+        "{}",
+        report.first_rejects[0]
+    );
+    let again = import(&mut store, &[&file], &settled);
+    assert_eq!(again.rejects_total(), 0);
+    // The line still ends later, and what follows it is read.
+    append(&file, &format!("\"}}\n{}", lines_of(ids(2..3))));
+    let report = import(&mut store, &[&file], &settled);
+    assert_eq!(report.episodes_new, 1);
+}
+
 // --- The binary --------------------------------------------------------------
 
 /// The binary, configured to keep its store in `data_dir`.

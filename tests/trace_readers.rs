@@ -348,6 +348,51 @@ fn agent_lightning_annotation_rewards() {
 }
 
 #[test]
+fn agent_span_that_failed_under_an_ok_wrapper_makes_an_error_episode() {
+    // Issue 11: agent-lightning wraps the agent's `invoke_agent` span in its
+    // own rollout span, which stays OK when the agent fails.
+    let base = |id: &str, parent: Value, name: &str, status: &str, attrs: Value, start: f64| {
+        json!({"rollout_id": "ro-1", "attempt_id": "at-1", "sequence_id": 1, "trace_id": TRACE, "span_id": id,
+            "parent_id": parent, "name": name, "status": {"status_code": status, "description": null},
+            "attributes": attrs, "events": [], "links": [], "start_time": start, "end_time": start + 1.0,
+            "context": {}, "parent": null, "resource": {"attributes": {}, "schema_url": ""}})
+        .to_string()
+    };
+    let lines = |agent_status: &str| {
+        [
+            base(
+                "00000000000000e1",
+                Value::Null,
+                "rollout",
+                "OK",
+                json!({}),
+                1.7e9,
+            ),
+            base(
+                "00000000000000e2",
+                json!("00000000000000e1"),
+                "invoke_agent controller",
+                agent_status,
+                json!({"gen_ai.operation.name": "invoke_agent"}),
+                1.7e9 + 0.1,
+            ),
+            base(
+                "00000000000000e3",
+                json!("00000000000000e2"),
+                "openai.chat.completion",
+                "OK",
+                json!({"gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": "hi",
+                    "gen_ai.completion.0.content": "hello", "gen_ai.response.model": "m"}),
+                1.7e9 + 0.2,
+            ),
+        ]
+    };
+    assert_eq!(episodes(&lines("ERROR"))[0].status, Status::Error);
+    assert_eq!(episodes(&lines("OK"))[0].status, Status::Ok);
+    assert_eq!(episodes(&lines("UNSET"))[0].status, Status::Ok);
+}
+
+#[test]
 fn whetstone_jsonl_minimal_and_full() {
     let minimal =
         json!({"id": "ep-1", "steps": [{"kind": "tool", "name": "search", "error": "timeout"}],

@@ -99,6 +99,9 @@ fn parse(args: &ParseArgs, config: &Config) -> anyhow::Result<()> {
     for (path, error) in &report.unreadable {
         writeln!(err, "cannot read {}: {error}", path.display())?;
     }
+    for (path, why) in &report.skipped {
+        writeln!(err, "skipped {}: {why}", path.display())?;
+    }
     if !report.unreadable.is_empty() {
         bail!(
             "{} of the given paths could not be read",
@@ -203,6 +206,9 @@ fn write_report(
     }
     for error in &report.file_errors {
         writeln!(out, "cannot read {}: {}", error.path.display(), error.error)?;
+    }
+    for skipped in &report.skipped {
+        writeln!(out, "skipped {}: {}", skipped.path.display(), skipped.error)?;
     }
     Ok(())
 }

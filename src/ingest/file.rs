@@ -256,8 +256,9 @@ fn ingest_document(
         tracing::info!(file = %open.path, "trace document changed since it was last read; reading it again");
         report.files_reread += 1;
     }
-    let complete = within_bounds.then(|| serde_json::from_slice::<IgnoredAny>(&bytes));
-    if matches!(complete, Some(Err(_))) && holds_json_lines(&bytes) {
+    let complete =
+        within_bounds.then(|| serde_json::from_slice::<IgnoredAny>(trace::strip_bom(&bytes)));
+    if matches!(complete, Some(Err(_))) && trace::holds_json_lines(&bytes) {
         return Ok(DocumentOutcome::ReadAsLines);
     }
     let mut staging = Staging::new(options.max_spans_per_trace);
@@ -281,16 +282,6 @@ fn ingest_document(
     report.bytes += size;
     progress(size);
     Ok(DocumentOutcome::Done)
-}
-
-/// Whether some line after the first is a complete, unindented JSON object:
-/// then the file is JSON lines with a broken first line, not a document
-/// (whose nested objects are indented, when on one line at all).
-fn holds_json_lines(bytes: &[u8]) -> bool {
-    bytes
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.starts_with(b"{") && serde_json::from_slice::<IgnoredAny>(line).is_ok())
 }
 
 /// Hash of a whole stream, read in bounded chunks.

@@ -17,6 +17,14 @@ pub fn too_long_detail(len: u64, max_line_bytes: u64) -> String {
     format!("line of {len} bytes exceeds traces.max_line_bytes = {max_line_bytes}")
 }
 
+/// The reject detail for a last line, still without its newline, of `tail`
+/// bytes over the limit.
+pub fn too_long_tail_detail(tail: u64, max_line_bytes: u64) -> String {
+    format!(
+        "last line (without newline) of {tail} bytes exceeds traces.max_line_bytes = {max_line_bytes}"
+    )
+}
+
 /// One step of [`LineReader::next_line`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextLine {

@@ -115,6 +115,10 @@ pub struct IngestReport {
     pub first_rejects: Vec<Diagnostic>,
     /// Files or paths that could not be read at all.
     pub file_errors: Vec<PathError>,
+    /// Entries of walked directories left out, with why: dangling symlinks,
+    /// symlink loops, symlinks to directories (not followed), FIFOs, sockets
+    /// and devices.
+    pub skipped: Vec<PathError>,
 }
 
 /// A path that could not be read.
@@ -135,6 +139,14 @@ impl IngestReport {
         if self.first_rejects.len() < REPORT_FIRST_REJECTS {
             self.first_rejects.push(diagnostic);
         }
+    }
+
+    fn skip(&mut self, path: &Path, why: impl std::fmt::Display) {
+        tracing::warn!(path = %path.display(), %why, "skipping entry of a trace directory");
+        self.skipped.push(PathError {
+            path: path.to_path_buf(),
+            error: why.to_string(),
+        });
     }
 
     fn path_error(&mut self, path: &Path, error: impl std::fmt::Display) {
@@ -229,8 +241,9 @@ pub fn finalize_quiet_traces(
 
 /// Adds `path` to `files`: a file as is (when named explicitly, or when it
 /// has a trace extension), a directory recursively. Hidden entries (name
-/// starting with `.`) inside directories are skipped; symlinked directories
-/// are not followed, to avoid cycles.
+/// starting with `.`) inside directories are skipped silently; symlinked
+/// directories are not followed, to avoid cycles, and they, broken symlinks
+/// and special files are reported in [`IngestReport::skipped`].
 fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, report: &mut IngestReport) {
     let metadata = match if explicit {
         fs::metadata(path)
@@ -261,7 +274,24 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, report: 
         }
         return;
     }
-    let is_file = metadata.is_file() || (metadata.is_symlink() && path.is_file());
+    let mut is_file = metadata.is_file();
+    if !explicit && metadata.is_symlink() {
+        match fs::metadata(path) {
+            Ok(target) if target.is_dir() => {
+                return report.skip(path, "symlink to a directory, not followed");
+            }
+            Ok(target) => is_file = target.is_file(),
+            Err(err) => {
+                return report.skip(
+                    path,
+                    format_args!("broken symlink (dangling or a loop): {err}"),
+                );
+            }
+        }
+    }
+    if !explicit && !is_file && !metadata.is_symlink() {
+        return report.skip(path, special_file_kind(&metadata));
+    }
     let has_trace_extension = path
         .extension()
         .and_then(|ext| ext.to_str())
@@ -271,6 +301,27 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, report: 
     } else if explicit {
         report.path_error(path, "not a regular file or directory");
     }
+}
+
+/// What a directory entry that is neither a file, a directory nor a symlink
+/// is, for the message that says it was skipped.
+fn special_file_kind(metadata: &fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = metadata.file_type();
+        if kind.is_fifo() {
+            return "a FIFO (named pipe), not a regular file";
+        }
+        if kind.is_socket() {
+            return "a socket, not a regular file";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device, not a regular file";
+        }
+    }
+    let _ = metadata;
+    "not a regular file"
 }
 
 fn open_file(path: &Path) -> std::io::Result<OpenFile> {

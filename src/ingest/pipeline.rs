@@ -15,7 +15,7 @@ use std::thread::Builder;
 use super::IngestOptions;
 use super::batch::{Origin, content_key};
 use super::file::{FileError, OpenFile, READ_BUFFER_BYTES};
-use super::lines::{LineReader, NextLine, too_long_detail};
+use super::lines::{LineReader, NextLine, too_long_detail, too_long_tail_detail};
 use super::stage::Staging;
 use crate::store::StoreError;
 use crate::trace::{self, Reason, Source};
@@ -57,9 +57,17 @@ struct RawLine {
     line_no: u64,
     /// Byte offset of the line start in the file.
     offset: u64,
-    /// Set when the line exceeded `max_line_bytes`: its length; `bytes` then
-    /// holds only its prefix.
-    too_long: Option<u64>,
+    /// Set when the line exceeded `max_line_bytes`; `bytes` then holds only
+    /// its prefix.
+    too_long: Option<TooLong>,
+}
+
+/// A line over `max_line_bytes`, rejected without being kept.
+struct TooLong {
+    /// Its length so far (all of it, unless it is an unterminated tail).
+    len: u64,
+    /// The reject's detail.
+    detail: String,
 }
 
 /// Reads the complete lines of `open` from `resume` = (byte offset, lines
@@ -207,9 +215,9 @@ fn stage_raw_batch(
     for line in &raw.lines {
         let bytes = &raw.bytes[start..line.end];
         start = line.end;
-        if let Some(len) = line.too_long {
-            let key = content_key(&[bytes, &len.to_le_bytes()]);
-            let detail = too_long_detail(len, options.max_line_bytes);
+        if let Some(too_long) = &line.too_long {
+            let key = content_key(&[bytes, &too_long.len.to_le_bytes()]);
+            let detail = too_long.detail.clone();
             staging.reject_input(Reason::LineTooLong, detail, &origin(open, line, &key));
             continue;
         }
@@ -279,9 +287,29 @@ fn read_raw_batches(
                 read_error = Some(err);
                 break;
             }
-            Ok(NextLine::End { .. }) => break,
+            Ok(NextLine::End { tail }) => {
+                // An unterminated tail over the limit is reported once the
+                // file has stopped growing; the cursor stays before it, and
+                // the reject is stored once however often it is read.
+                if tail > options.max_line_bytes && file_is_settled(open, options) {
+                    batch.bytes.extend_from_slice(&line);
+                    batch.lines.push(RawLine {
+                        end: batch.bytes.len(),
+                        line_no: line_no + 1,
+                        offset,
+                        too_long: Some(TooLong {
+                            len: tail,
+                            detail: too_long_tail_detail(tail, options.max_line_bytes),
+                        }),
+                    });
+                }
+                break;
+            }
             Ok(NextLine::Line) => None,
-            Ok(NextLine::TooLong { len }) => Some(len),
+            Ok(NextLine::TooLong { len }) => Some(TooLong {
+                len,
+                detail: too_long_detail(len, options.max_line_bytes),
+            }),
         };
         line_no += 1;
         batch.n_lines += 1;
@@ -308,4 +336,17 @@ fn read_raw_batches(
     // Sent even when empty: its cursor records that the pass got here.
     send(batch);
     read_error.map_or(Ok(()), |err| Err(FileError::Io(err)))
+}
+
+/// Whether `open` is done being written: the pass finalizes everything, or
+/// the file has not changed for the quiet period.
+fn file_is_settled(open: &OpenFile, options: &IngestOptions) -> bool {
+    options.finalize
+        || open
+            .file
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|quiet| quiet.as_secs() >= options.quiet_period_secs)
 }

@@ -11,7 +11,9 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::lines::{LineReader, NextLine, too_long_detail};
+use serde::de::IgnoredAny;
+
+use super::lines::{LineReader, NextLine, too_long_detail, too_long_tail_detail};
 use super::{IngestOptions, IngestReport, collect_files};
 use crate::trace::{self, Diagnostic, Episode, Reason, Record, Source, Span};
 
@@ -24,6 +26,9 @@ pub struct ScanReport {
     pub rejects: Vec<Diagnostic>,
     /// Paths that could not be read at all.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Entries of walked directories left out, with why (as in
+    /// [`IngestReport::skipped`]).
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Reads `paths` (files, or directories walked as an import walks them) and
@@ -41,6 +46,11 @@ pub fn scan_paths(
     let mut report = ScanReport {
         unreadable: walk
             .file_errors
+            .into_iter()
+            .map(|e| (e.path, e.error))
+            .collect(),
+        skipped: walk
+            .skipped
             .into_iter()
             .map(|e| (e.path, e.error))
             .collect(),
@@ -89,8 +99,13 @@ fn scan_file(
                 .push(Diagnostic::new(&name, 1, Reason::TooLarge, detail));
             return Ok(());
         }
-        let record = trace::parse_document(&bytes, &name);
-        return take_record(record, pending, options, report, emit);
+        // Like an import: a file whose broken first line only looked like
+        // the start of a document is read line by line.
+        let complete = serde_json::from_slice::<IgnoredAny>(trace::strip_bom(&bytes)).is_ok();
+        if complete || !trace::holds_json_lines(&bytes) {
+            let record = trace::parse_document(&bytes, &name);
+            return take_record(record, pending, options, report, emit);
+        }
     }
     let file = File::open(path)?;
     let max_line_bytes = usize::try_from(options.max_line_bytes).unwrap_or(usize::MAX);
@@ -115,10 +130,7 @@ fn scan_file(
             // A file being parsed is taken as it is: its last line counts
             // even without a newline (an import would wait for one).
             NextLine::End { tail } if tail > options.max_line_bytes => {
-                let detail = format!(
-                    "last line (without newline) of {tail} bytes exceeds traces.max_line_bytes = {}",
-                    options.max_line_bytes
-                );
+                let detail = too_long_tail_detail(tail, options.max_line_bytes);
                 report
                     .rejects
                     .push(Diagnostic::new(&name, line_no, Reason::LineTooLong, detail));

@@ -73,6 +73,8 @@ fn classify(span: &Span) -> Role {
         return Role::Llm;
     }
     if matches!(operation, Some("invoke_agent" | "create_agent"))
+        || span.name == "invoke_agent"
+        || span.name.starts_with("invoke_agent ")
         || matches!(oi_kind.as_deref(), Some("AGENT" | "CHAIN"))
         || matches!(traceloop_kind, Some("workflow" | "agent"))
         || matches!(
@@ -259,10 +261,13 @@ pub(super) fn assemble(spans: &[Span]) -> Result<Episode, Diagnostic> {
         input,
         steps,
         rewards,
-        status: if root.error {
-            Status::Error
-        } else {
-            Status::Ok
+        // The outermost agent span (the earliest to start) speaks for the
+        // run: an agent that failed under a wrapper that did not (as
+        // agent-lightning's rollout spans do) is an error.
+        status: match roles.iter().position(|role| *role == Role::Agent) {
+            _ if root.error => Status::Error,
+            Some(agent) if spans[agent].error => Status::Error,
+            _ => Status::Ok,
         },
         start_time_unix_nano: start,
         duration_ms: start

@@ -52,6 +52,7 @@ pub enum Record {
 /// ```
 pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     let fail = |reason, detail: String| Diagnostic::new(&source.file, source.line, reason, detail);
+    let line = strip_bom(line);
     // UTF-8 is validated here once; the readers parse from `str`, which
     // spares serde_json validating every string again.
     let text = diagnostic::check_utf8(line, source)?;
@@ -92,6 +93,12 @@ pub fn parse_line(line: &[u8], source: &Source) -> Result<Record, Diagnostic> {
     ))
 }
 
+/// `bytes` without a leading UTF-8 byte-order mark, which some Windows tools
+/// write at the start of a file and JSON parsers refuse.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// The first key of a JSON object, when it is a plain (unescaped) string.
 fn first_key(line: &[u8]) -> Option<&[u8]> {
     let rest = line
@@ -109,7 +116,7 @@ fn first_key(line: &[u8]) -> Option<&[u8]> {
 /// `head` is the start of the file; it is a document when its first non-blank
 /// line opens a JSON object but is not a complete JSON value on its own.
 pub fn is_document(head: &[u8]) -> bool {
-    let Some(first) = head
+    let Some(first) = strip_bom(head)
         .split(|&b| b == b'\n')
         .find(|l| !l.trim_ascii().is_empty())
     else {
@@ -120,6 +127,17 @@ pub fn is_document(head: &[u8]) -> bool {
         // A single long line that was cut by `head` is not a document.
         head.contains(&b'\n')
     }
+}
+
+/// Whether some line after the first is a complete, unindented JSON object:
+/// then a file that [`is_document`] took for a document is JSON lines with a
+/// broken first line (whose other lines are still to be read), not a document
+/// (whose nested objects are indented, when on one line at all).
+pub fn holds_json_lines(bytes: &[u8]) -> bool {
+    bytes
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.starts_with(b"{") && serde_json::from_slice::<IgnoredAny>(line).is_ok())
 }
 
 /// Parses a whole file as one JSON document (an OTLP export request).
