@@ -810,6 +810,48 @@ fn unterminated_over_long_last_line_is_reported_once_the_file_is_settled() {
     assert_eq!(report.episodes_new, 1);
 }
 
+#[test]
+fn rotated_file_keeps_its_unread_tail_and_is_not_read_twice() {
+    // Issue 11: lines appended between the last pass and a logrotate-style
+    // rename used to be lost.
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    fs::create_dir(&traces).unwrap();
+    let live = traces.join("agent.jsonl");
+    append(&live, &lines_of(ids(0..3)));
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    assert_eq!(
+        import(&mut store, &[&traces], &small_batches()).episodes_new,
+        3
+    );
+
+    append(&live, &lines_of(ids(3..5)));
+    fs::rename(&live, traces.join("agent.jsonl.1")).unwrap();
+    append(&live, &lines_of(ids(5..7)));
+    let report = import(&mut store, &[&traces], &small_batches());
+    assert_eq!(
+        (
+            report.episodes_new,
+            report.episodes_duplicate,
+            report.files_reread
+        ),
+        (4, 0, 0)
+    );
+
+    // Rotated again, and the oldest moved under another name.
+    fs::rename(traces.join("agent.jsonl.1"), traces.join("agent.jsonl.2")).unwrap();
+    append(&live, &lines_of(ids(7..8)));
+    fs::rename(&live, traces.join("agent.jsonl.1")).unwrap();
+    fs::rename(
+        traces.join("agent.jsonl.2"),
+        traces.join("archive-old.jsonl"),
+    )
+    .unwrap();
+    let report = import(&mut store, &[&traces], &small_batches());
+    assert_eq!((report.episodes_new, report.episodes_duplicate), (1, 0));
+    assert_eq!(trace_ids(&store), ids(0..8));
+}
+
 // --- The binary --------------------------------------------------------------
 
 /// The binary, configured to keep its store in `data_dir`.

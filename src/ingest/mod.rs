@@ -24,12 +24,12 @@ mod pipeline;
 mod scan;
 mod stage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use crate::config::TracesConfig;
-use crate::store::{FileIdentity, Store, StoreError, now_unix_ms};
+use crate::store::{FileCursor, FileIdentity, Store, StoreError, now_unix_ms};
 use crate::trace::{Diagnostic, Reason};
 
 pub use scan::{ScanReport, scan_paths};
@@ -37,8 +37,9 @@ pub use scan::{ScanReport, scan_paths};
 use batch::Batch;
 use file::{FileError, OpenFile};
 
-/// File extensions read when importing a directory. Files named explicitly
-/// are read whatever their extension.
+/// File extensions read when importing a directory, also with a rotation
+/// suffix (`.1`, `-20261201`). Files named explicitly are read whatever their
+/// extension.
 pub const TRACE_EXTENSIONS: &[&str] = &["json", "jsonl", "ndjson", "log", "txt"];
 
 /// How many rejects an [`IngestReport`] keeps in full (the rest are counted).
@@ -199,6 +200,7 @@ pub fn ingest_paths(
             Err(err) => report.path_error(&path, err),
         }
     }
+    follow_renamed_files(store, &mut opened, &mut total)?;
     progress(Progress::Total(total));
 
     for open in opened {
@@ -215,6 +217,69 @@ pub fn ingest_paths(
     finalize_quiet_traces(store, options, &mut report)?;
     (report.pending_spans, report.pending_traces) = store.pending_counts()?;
     Ok(report)
+}
+
+/// Carries the cursors of renamed files over to their new paths, the way log
+/// shippers follow rotation: a file whose path has no cursor for it, but whose
+/// identity (device, inode) has a cursor under a path that no longer holds it,
+/// was renamed (`x.jsonl` → `x.jsonl.1`, or moved within the folder), and its
+/// unread tail is read from where the old path stopped. `total` is corrected
+/// for the bytes no longer to be read.
+fn follow_renamed_files(
+    store: &mut Store,
+    opened: &mut [OpenFile],
+    total: &mut u64,
+) -> Result<(), StoreError> {
+    let cursors = store.cursors()?;
+    let by_path: HashMap<&str, &FileCursor> =
+        cursors.iter().map(|c| (c.path.as_str(), c)).collect();
+    let by_identity: HashMap<FileIdentity, &FileCursor> = cursors
+        .iter()
+        .filter(|c| c.identity != FileIdentity::default())
+        .map(|c| (c.identity, c))
+        .collect();
+    let mut moves = Vec::new();
+    for open in opened.iter() {
+        let here = by_path.get(open.path.as_str());
+        if here.is_some_and(|c| c.identity == open.identity) {
+            continue;
+        }
+        let Some(&moved) = by_identity.get(&open.identity) else {
+            continue;
+        };
+        let still_there = fs::metadata(&moved.path)
+            .is_ok_and(|metadata| FileIdentity::of(&metadata) == open.identity);
+        if moved.path == open.path || still_there || moved.offset > open.size {
+            continue;
+        }
+        tracing::info!(
+            from = %moved.path, to = %open.path, offset = moved.offset,
+            "trace file was renamed; reading on from where it was left"
+        );
+        *total -= file::bytes_to_read(open, here.copied());
+        *total += open.size - moved.offset;
+        moves.push((moved.clone(), open.path.clone()));
+    }
+    if !moves.is_empty() {
+        store.move_cursors(&moves)?;
+    }
+    Ok(())
+}
+
+/// Whether `path` names a trace file by its extension, also when rotation
+/// added a numeric suffix (`agent.jsonl.1`, `agent.jsonl-20261201`).
+fn has_trace_extension(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+        return false;
+    };
+    let unrotated = name
+        .rsplit_once(['.', '-'])
+        .filter(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(name, |(stem, _)| stem);
+    Path::new(unrotated)
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| TRACE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
 }
 
 /// Assembles pending traces whose newest span arrived more than
@@ -292,11 +357,7 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, report: 
     if !explicit && !is_file && !metadata.is_symlink() {
         return report.skip(path, special_file_kind(&metadata));
     }
-    let has_trace_extension = path
-        .extension()
-        .and_then(|ext| ext.to_str())
-        .is_some_and(|ext| TRACE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
-    if is_file && (explicit || has_trace_extension) {
+    if is_file && (explicit || has_trace_extension(path)) {
         files.push(path.to_path_buf());
     } else if explicit {
         report.path_error(path, "not a regular file or directory");

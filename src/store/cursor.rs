@@ -7,7 +7,7 @@ use super::{Store, StoreError};
 
 /// Which file a path pointed to: device and inode on Unix (0 elsewhere, where
 /// only the fingerprint detects a replaced file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     pub device: u64,
     pub inode: u64,
@@ -78,34 +78,65 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT device, inode, offset, line, fingerprint, fingerprint_len, layout,
-                        updated_at_unix_ms
-                 FROM file_cursors WHERE path = ?1",
+                &format!("SELECT {CURSOR_COLUMNS} FROM file_cursors WHERE path = ?1"),
                 [path],
-                |row| {
-                    let layout: String = row.get(6)?;
-                    Ok(FileCursor {
-                        path: path.to_string(),
-                        identity: FileIdentity {
-                            device: row.get::<_, i64>(0)? as u64,
-                            inode: row.get::<_, i64>(1)? as u64,
-                        },
-                        offset: row.get::<_, i64>(2)? as u64,
-                        line: row.get::<_, i64>(3)? as u64,
-                        fingerprint: row.get(4)?,
-                        fingerprint_len: row.get::<_, i64>(5)? as u64,
-                        layout: if layout == "document" {
-                            Layout::Document
-                        } else {
-                            Layout::Lines
-                        },
-                        updated_at_unix_ms: row.get(7)?,
-                    })
-                },
+                cursor_from_row,
             )
             .optional()?;
         Ok(row)
     }
+
+    /// Every committed cursor.
+    pub fn cursors(&self) -> Result<Vec<FileCursor>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare(&format!("SELECT {CURSOR_COLUMNS} FROM file_cursors"))?;
+        let rows = statement.query_map([], cursor_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves cursors to the paths their files were renamed to, all in one
+    /// transaction: each `(cursor, new_path)` leaves `cursor.path` (a file
+    /// found there later is a new one) and is stored under `new_path`.
+    pub fn move_cursors(&mut self, moves: &[(FileCursor, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (cursor, _) in moves {
+            tx.execute("DELETE FROM file_cursors WHERE path = ?1", [&cursor.path])?;
+        }
+        for (cursor, new_path) in moves {
+            let moved = FileCursor {
+                path: new_path.clone(),
+                ..cursor.clone()
+            };
+            upsert(&tx, &moved)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const CURSOR_COLUMNS: &str =
+    "path, device, inode, offset, line, fingerprint, fingerprint_len, layout, updated_at_unix_ms";
+
+fn cursor_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileCursor> {
+    let layout: String = row.get(7)?;
+    Ok(FileCursor {
+        path: row.get(0)?,
+        identity: FileIdentity {
+            device: row.get::<_, i64>(1)? as u64,
+            inode: row.get::<_, i64>(2)? as u64,
+        },
+        offset: row.get::<_, i64>(3)? as u64,
+        line: row.get::<_, i64>(4)? as u64,
+        fingerprint: row.get(5)?,
+        fingerprint_len: row.get::<_, i64>(6)? as u64,
+        layout: if layout == "document" {
+            Layout::Document
+        } else {
+            Layout::Lines
+        },
+        updated_at_unix_ms: row.get(8)?,
+    })
 }
 
 /// Writes `cursor` (insert or replace) inside a transaction.
