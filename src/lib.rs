@@ -1,8 +1,10 @@
 //! Whetstone: an always-on optimizer that learns from an LLM agent's traces.
 
+pub mod api;
 pub mod apo;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod ingest;
 pub mod llm;
 pub mod rl;

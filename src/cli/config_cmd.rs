@@ -27,7 +27,7 @@ pub enum ConfigCommand {
 pub fn run(command: &ConfigCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Check { file } => {
-            let config = config::load(config_path(file.as_deref(), global))?;
+            let config = config::load(config_path(file.as_deref(), global).as_deref())?;
             let text = toml::to_string_pretty(&config)
                 .context("cannot show the configuration as TOML (is a path not UTF-8?)")?;
             write_stdout(&text)?;

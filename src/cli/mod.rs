@@ -6,6 +6,7 @@
 //! one variant and one match arm here.
 
 mod config_cmd;
+mod daemon;
 mod policy;
 pub mod traces;
 mod train;
@@ -39,12 +40,39 @@ pub struct GlobalArgs {
     /// More log output on stderr: -v debug, -vv trace [default: RUST_LOG, else info]
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log format on stderr: human-readable lines, or one JSON object per line
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The configuration file a command uses when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+
 impl GlobalArgs {
-    /// Loads the configuration named by `--config`, or the defaults.
+    /// The configuration file in use: `--config`, else `./config.toml` when
+    /// it exists, else none (the embedded defaults).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let local = Path::new(DEFAULT_CONFIG_FILE);
+            local.is_file().then(|| local.to_path_buf())
+        })
+    }
+
+    /// Loads [`GlobalArgs::config_file`], or the embedded defaults.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
-        config::load(self.config.as_deref())
+        let file = self.config_file();
+        tracing::debug!(
+            config = %file.as_deref().map_or("embedded defaults".into(), |f| f.display().to_string()),
+            "configuration"
+        );
+        config::load(file.as_deref())
     }
 }
 
@@ -63,22 +91,26 @@ pub enum Command {
     /// Run one optimization (APO, RL or both) over the collected traces and
     /// write its results.
     Train(train::TrainArgs),
+    /// Run the always-on service: watch the trace folder, learn as traces
+    /// arrive, serve the local HTTP API; reloads the configuration on edit.
+    Daemon(daemon::DaemonArgs),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
 /// [`ConfigError`] anywhere in it means the configuration was at fault.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    init_logging(cli.global.verbose);
+    init_logging(cli.global.verbose, cli.global.log_format);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
         Command::Policy(command) => policy::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
         Command::Train(args) => train::run(args, &cli.global.load_config()?),
+        Command::Daemon(args) => daemon::run(args, &cli.global),
     }
 }
 
 /// Sends `tracing` output to stderr, keeping stdout for command output.
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match verbose {
         0 => EnvFilter::try_from_default_env()
@@ -88,11 +120,15 @@ fn init_logging(verbose: u8) {
     };
     // Fails only if a subscriber is already installed (run called twice in
     // one process); the first one keeps working.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Writes `text` to stdout. A closed pipe surfaces as an `io::Error` of kind
@@ -104,7 +140,7 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
 }
 
 /// The path a command should load: its own FILE argument wins over
-/// `--config`.
-fn config_path<'a>(file: Option<&'a Path>, global: &'a GlobalArgs) -> Option<&'a Path> {
-    file.or(global.config.as_deref())
+/// [`GlobalArgs::config_file`].
+fn config_path(file: Option<&Path>, global: &GlobalArgs) -> Option<PathBuf> {
+    file.map(Path::to_path_buf).or_else(|| global.config_file())
 }

@@ -19,6 +19,7 @@
 //! `#[serde(default, deny_unknown_fields)]` and a `Default` impl, one line in
 //! [`Config::validate`], and its documented keys in `config.toml`.
 
+mod daemon;
 mod error;
 mod llm;
 mod locate;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::apo::ApoConfig;
+pub use daemon::{ApiConfig, DaemonConfig};
 pub use error::{ConfigError, Location, Problem};
 pub use llm::LlmConfig;
 pub use traces::TracesConfig;
@@ -51,6 +53,10 @@ pub struct Config {
     pub rl: RlConfig,
     /// Automatic prompt optimization.
     pub apo: ApoConfig,
+    /// The always-on daemon: triggers, schedule, outputs.
+    pub daemon: DaemonConfig,
+    /// The daemon's local HTTP API.
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -61,6 +67,8 @@ impl Default for Config {
             llm: LlmConfig::default(),
             rl: RlConfig::default(),
             apo: ApoConfig::default(),
+            daemon: DaemonConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -75,6 +83,8 @@ impl Config {
         check.section("llm", |check| self.llm.validate(check));
         check.section("rl", |check| self.rl.validate(check));
         check.section("apo", |check| self.apo.check(check));
+        check.section("daemon", |check| self.daemon.validate(check));
+        check.section("api", |check| self.api.validate(check));
         check.finish()
     }
 
@@ -83,6 +93,16 @@ impl Config {
         self.data_dir = base.join(&self.data_dir);
         self.traces.resolve_paths(base);
         self.apo.resolve_paths(base);
+        self.daemon.resolve_paths(base);
+    }
+
+    /// Where rounds write their outputs: `daemon.output_dir`, else
+    /// `<data_dir>/output`.
+    pub fn output_dir(&self) -> PathBuf {
+        self.daemon
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("output"))
     }
 }
 

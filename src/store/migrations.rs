@@ -115,4 +115,28 @@ pub const MIGRATIONS: &[&str] = &[
     DROP INDEX episode_rewards_by_name;
     DROP INDEX episode_tools_by_name;
     "#,
+    // 4: the daemon's rounds (APO rounds, PPO updates), so a restart resumes
+    // an interrupted one on the same episodes and settings.
+    r#"
+    -- `kind` is `apo` or `rl`; `status` is `running`, `succeeded` or
+    -- `failed`. A round covers the episodes with id <= `upto_episode_id`;
+    -- `settings` is the configuration it runs with (JSON), kept so a resumed
+    -- round asks exactly what it asked before and finds it in the caches.
+    CREATE TABLE rounds (
+        id                  INTEGER PRIMARY KEY,
+        kind                TEXT    NOT NULL,
+        subject             TEXT    NOT NULL,
+        status              TEXT    NOT NULL,
+        trigger             TEXT    NOT NULL,
+        upto_episode_id     INTEGER NOT NULL,
+        settings            TEXT    NOT NULL,
+        output_dir          TEXT    NOT NULL,
+        attempts            INTEGER NOT NULL DEFAULT 1,
+        started_at_unix_ms  INTEGER NOT NULL,
+        finished_at_unix_ms INTEGER,
+        summary             TEXT,
+        error               TEXT
+    );
+    CREATE INDEX rounds_by_kind ON rounds (kind, subject, status);
+    "#,
 ];

@@ -14,6 +14,7 @@ mod cursor;
 mod episodes;
 mod ingest_tx;
 pub mod migrations;
+mod rounds;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use body::BodyEncoder;
 pub use cursor::{FileCursor, FileIdentity, Layout};
 pub use episodes::{EpisodeFilter, StoredEpisode};
 pub use ingest_tx::{IngestTx, RejectRow, TraceState};
+pub use rounds::{Arrivals, NewRound, Round, RoundStatus};
 pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
 
 /// File name of the database inside the data directory.

@@ -1,0 +1,335 @@
+//! The daemon's local HTTP API (axum).
+//!
+//! - `GET /healthz`: `ok` while the daemon runs.
+//! - `GET /v1/status`: ingestion counters and rejects, rounds running and
+//!   their progress, budget spent, policy version, configuration problems.
+//! - `GET /metrics`: the same counters in Prometheus text format.
+//! - `GET /v1/rounds`, `GET /v1/rounds/{id}`: rounds as stored.
+//! - `POST /v1/policy/act`: the promoted policy's tool probabilities for a
+//!   state, plus a sampled tool, its probability and a decision id for the
+//!   agent to log on the decision's span (clean propensities for PPO).
+//!
+//! It listens on loopback by default. Any other address needs a bearer
+//! token, read from the environment variable `api.token_env` names; when
+//! that variable is set, loopback requires it too. Errors are JSON
+//! `{"error": "..."}` with a fitting status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{ApiConfig, Config};
+use crate::daemon::Status;
+use crate::rl::{self, ActRequest};
+use crate::rng::Rng;
+use crate::store::{Round, Store};
+
+/// What the handlers share with the daemon.
+pub struct ApiState {
+    status: Mutex<Status>,
+    /// The store, for listing rounds (a connection of its own).
+    store: Mutex<Store>,
+    checkpoint_dir: Mutex<PathBuf>,
+    /// Bearer token requests must carry, when one is configured.
+    token: Option<String>,
+    rng: Mutex<Rng>,
+}
+
+impl ApiState {
+    /// State for `config`, starting from `status`.
+    pub fn new(config: &Config, status: Status) -> anyhow::Result<ApiState> {
+        let token = std::env::var(&config.api.token_env)
+            .ok()
+            .filter(|token| !token.is_empty());
+        let seed = crate::store::now_unix_ms() as u64 ^ u64::from(std::process::id());
+        Ok(ApiState {
+            status: Mutex::new(status),
+            store: Mutex::new(Store::open(&config.data_dir)?),
+            checkpoint_dir: Mutex::new(config.data_dir.join("rl")),
+            token,
+            rng: Mutex::new(Rng::new(seed)),
+        })
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> Status {
+        self.status_mut().clone()
+    }
+
+    /// The status, to update it. Never held across an `.await`.
+    pub fn status_mut(&self) -> MutexGuard<'_, Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the reloadable parts of a new configuration.
+    pub fn set_config(&self, config: &Config) {
+        *lock(&self.checkpoint_dir) = config.data_dir.join("rl");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Binds `config.listen` and serves [`app`] until the task is aborted.
+/// Refuses a non-loopback address without a token.
+pub async fn serve(
+    config: &ApiConfig,
+    state: Arc<ApiState>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("api.listen = {:?}", config.listen))?;
+    if !addr.ip().is_loopback() && state.token.is_none() {
+        anyhow::bail!(
+            "api.listen = {addr} is not a loopback address: set a token in the environment \
+             variable {} (api.token_env) to listen there",
+            config.token_env
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (api.listen)"))?;
+    tracing::info!(%addr, "HTTP API listening");
+    let app = app(state, config.max_body_bytes);
+    Ok(tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "HTTP API stopped");
+        }
+    }))
+}
+
+/// The router, without a listener (tests drive it with `oneshot`).
+pub fn app(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/v1/rounds", get(rounds))
+        .route("/v1/rounds/{id}", get(round))
+        .route("/v1/policy/act", post(policy_act))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// An error answered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn internal(err: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let sent = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if sent.is_some_and(|sent| constant_time_eq(sent.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+        )
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> Json<Status> {
+    Json(state.status())
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.status().metrics(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct RoundsQuery {
+    limit: Option<u64>,
+}
+
+async fn rounds(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<RoundsQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).min(1000);
+    let rounds = lock(&state.store)
+        .rounds(limit)
+        .map_err(ApiError::internal)?;
+    Ok(Json(rounds.iter().map(round_json).collect()))
+}
+
+async fn round(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    match lock(&state.store).round(id).map_err(ApiError::internal)? {
+        Some(round) => Ok(Json(round_json(&round))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no round {id}"),
+        )),
+    }
+}
+
+fn round_json(round: &Round) -> Value {
+    let summary = round
+        .summary
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<Value>(text).ok());
+    json!({
+        "id": round.id,
+        "kind": round.kind,
+        "subject": round.subject,
+        "status": round.status.as_str(),
+        "trigger": round.trigger,
+        "upto_episode_id": round.upto_episode_id,
+        "output_dir": round.output_dir,
+        "attempts": round.attempts,
+        "started_at_unix_ms": round.started_at_unix_ms,
+        "finished_at_unix_ms": round.finished_at_unix_ms,
+        "error": round.error,
+        "summary": summary,
+    })
+}
+
+/// The state of a decision, as the agent sees it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActBody {
+    input: String,
+    #[serde(default)]
+    previous_tool: Option<String>,
+    #[serde(default)]
+    previous_tool_error: bool,
+    /// Decisions made so far in this episode (0 for the first).
+    #[serde(default)]
+    step: usize,
+    /// Tools available now; empty or absent: every tool the policy knows.
+    #[serde(default)]
+    tools: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ActResponse {
+    /// Every available action (tools and `answer` without one), most likely
+    /// first.
+    probabilities: Vec<ActionProbability>,
+    /// The sampled action, its probability (log it as the decision's
+    /// `whetstone.policy.probability`) and an id for the decision.
+    sampled: String,
+    probability: f64,
+    decision_id: String,
+    policy_version: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ActionProbability {
+    action: String,
+    probability: f64,
+}
+
+async fn policy_act(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<ActBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ActResponse>, ApiError> {
+    let Json(body) = body.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let request = ActRequest {
+        input: body.input,
+        previous_tool: body.previous_tool,
+        previous_tool_error: body.previous_tool_error,
+        step_index: body.step,
+        tools: body.tools,
+    };
+    let checkpoint_dir = lock(&state.checkpoint_dir).clone();
+    let probabilities = tokio::task::spawn_blocking(move || rl::act(&checkpoint_dir, &request))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no policy to act with yet: {err:#}"),
+            )
+        })?;
+    let (draw, decision) = {
+        let mut rng = lock(&state.rng);
+        (rng.next_f64(), rng.next_u64())
+    };
+    let mut cumulative = 0.0;
+    let (sampled, probability) = probabilities
+        .iter()
+        .find(|(_, p)| {
+            cumulative += p;
+            draw < cumulative
+        })
+        .or(probabilities.last())
+        .cloned()
+        .ok_or_else(|| ApiError::internal("the policy has no action"))?;
+    Ok(Json(ActResponse {
+        probabilities: probabilities
+            .into_iter()
+            .map(|(action, probability)| ActionProbability {
+                action,
+                probability,
+            })
+            .collect(),
+        sampled,
+        probability,
+        decision_id: format!("{decision:016x}"),
+        policy_version: state.status().policy_version,
+    }))
+}

@@ -1,0 +1,240 @@
+//! One round: an APO round on the target prompt, or a PPO update of the
+//! tool policy, over the episodes stored up to a given id, with outputs in a
+//! folder of its own and the newest of each file copied into `latest/`.
+//!
+//! A round runs on a blocking thread with its own store connection, so
+//! ingestion never waits for it. It is recorded in the store when it starts
+//! (with the settings it runs with) and when it ends; a round still marked
+//! running at startup was interrupted and is run again with the same
+//! episodes and settings, which APO's evaluation cache answers without
+//! paying again for the calls already made.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::apo::{self, ProgressEvent};
+use crate::config::Config;
+use crate::llm::LlmClient;
+use crate::rl;
+use crate::store::{self, EpisodeFilter, Store};
+use crate::trace::Episode;
+
+/// Which engine a round runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoundKind {
+    Apo,
+    Rl,
+}
+
+impl RoundKind {
+    /// The stored name (`apo`, `rl`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundKind::Apo => "apo",
+            RoundKind::Rl => "rl",
+        }
+    }
+
+    /// The stored name back to the kind.
+    pub fn parse(text: &str) -> Option<RoundKind> {
+        match text {
+            "apo" => Some(RoundKind::Apo),
+            "rl" => Some(RoundKind::Rl),
+            _ => None,
+        }
+    }
+
+    /// What a round of this kind works on: the target prompt, or `policy`.
+    pub fn subject(self, config: &Config) -> String {
+        match self {
+            RoundKind::Apo => config.apo.target_prompt.clone(),
+            RoundKind::Rl => "policy".to_string(),
+        }
+    }
+}
+
+/// A round to run: its store id and everything it needs.
+#[derive(Debug, Clone)]
+pub struct RoundJob {
+    pub id: i64,
+    pub kind: RoundKind,
+    pub upto_episode_id: i64,
+    /// The configuration it runs with (for a resumed round, the one it
+    /// started with).
+    pub config: Config,
+    pub output_dir: PathBuf,
+}
+
+/// What a finished round produced.
+#[derive(Debug, Clone)]
+pub struct RoundResult {
+    /// The engine's summary (JSON), as stored.
+    pub summary: String,
+    /// One line for people.
+    pub headline: String,
+    pub llm_calls: u64,
+    pub llm_tokens: u64,
+    pub policy_version: Option<u64>,
+}
+
+/// Runs `job` to its end (or until `cancel` turns true, for APO), writing
+/// its outputs to `job.output_dir` and then into `latest`. `progress`
+/// receives the engine's progress messages.
+pub fn run_round(
+    job: &RoundJob,
+    latest: &Path,
+    cancel: watch::Receiver<bool>,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<RoundResult> {
+    fs::create_dir_all(&job.output_dir)
+        .with_context(|| format!("creating {}", job.output_dir.display()))?;
+    let store = Store::open(&job.config.data_dir)?;
+    let result = match job.kind {
+        RoundKind::Apo => run_apo(job, &store, cancel, progress)?,
+        RoundKind::Rl => run_rl(job, &store, progress)?,
+    };
+    publish_latest(&job.output_dir, latest)?;
+    Ok(result)
+}
+
+/// The episodes a round covers: up to `upto`, of `prompt` when given.
+fn episodes_upto(store: &Store, prompt: Option<&str>, upto: i64) -> anyhow::Result<Vec<Episode>> {
+    let filter = EpisodeFilter {
+        prompt_name: prompt.map(str::to_string),
+        ..EpisodeFilter::default()
+    };
+    Ok(store
+        .load_episodes(&filter)?
+        .into_iter()
+        .filter(|stored| stored.id <= upto)
+        .map(|stored| stored.episode)
+        .collect())
+}
+
+fn run_apo(
+    job: &RoundJob,
+    store: &Store,
+    mut cancel: watch::Receiver<bool>,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<RoundResult> {
+    let config = &job.config;
+    let episodes = episodes_upto(store, Some(&config.apo.target_prompt), job.upto_episode_id)?;
+    let db_path = config.data_dir.join(store::DB_FILE_NAME);
+    let conn = rusqlite::Connection::open(&db_path)
+        .with_context(|| format!("opening {}", db_path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    let llm = LlmClient::new(config.llm.clone())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let run = apo::run(
+        &episodes,
+        &config.apo,
+        &llm,
+        &conn,
+        &job.output_dir,
+        |event| progress(apo_progress(&event)),
+    );
+    let summary = runtime.block_on(async {
+        tokio::select! {
+            summary = run => summary,
+            _ = cancel.wait_for(|stop| *stop) => {
+                anyhow::bail!("interrupted by shutdown; resumed from the evaluation cache at the next start")
+            }
+        }
+    })?;
+    Ok(RoundResult {
+        headline: format!(
+            "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), {} LLM calls, stopped: {}",
+            summary.target_prompt,
+            summary.baseline_reward,
+            summary.optimized_reward,
+            summary.improvement_pct,
+            summary.llm_calls,
+            summary.stop_reason
+        ),
+        llm_calls: summary.llm_calls,
+        llm_tokens: summary.tokens_in + summary.tokens_out,
+        policy_version: None,
+        summary: serde_json::to_string(&summary)?,
+    })
+}
+
+fn apo_progress(event: &ProgressEvent) -> String {
+    match event {
+        ProgressEvent::DatasetReady { train, validation } => {
+            format!("{train} train / {validation} validation examples")
+        }
+        ProgressEvent::GenerationStarted {
+            generation,
+            candidates,
+        } => format!("generation {generation}: {candidates} new candidates"),
+        ProgressEvent::GenerationFinished {
+            generation,
+            best,
+            llm_calls,
+            ..
+        } => format!("generation {generation} done: best {best:.3}, {llm_calls} LLM calls"),
+        ProgressEvent::ValidationStarted { candidates } => {
+            format!("validating {candidates} finalists")
+        }
+        ProgressEvent::Stopped { reason } => format!("stopped: {reason}"),
+    }
+}
+
+fn run_rl(
+    job: &RoundJob,
+    store: &Store,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<RoundResult> {
+    let config = &job.config;
+    let episodes = episodes_upto(store, None, job.upto_episode_id)?;
+    progress(format!("PPO update on {} episodes", episodes.len()));
+    let report = rl::train(
+        &episodes,
+        &config.rl,
+        &job.output_dir,
+        &config.data_dir.join("rl"),
+    )?;
+    Ok(RoundResult {
+        headline: format!(
+            "PPO: {} training decisions, {} iterations; policy version {} {} ({})",
+            report.episodes.training_decisions,
+            report.training.iterations,
+            report.promotion.policy_version,
+            if report.promotion.promoted {
+                "promoted"
+            } else {
+                "kept"
+            },
+            report.promotion.reason
+        ),
+        llm_calls: 0,
+        llm_tokens: 0,
+        policy_version: Some(report.promotion.policy_version),
+        summary: serde_json::to_string(&report)?,
+    })
+}
+
+/// Copies every file of `round_dir` into `latest`, each through a temporary
+/// name and a rename, so a reader never sees a half-written file.
+pub fn publish_latest(round_dir: &Path, latest: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(latest).with_context(|| format!("creating {}", latest.display()))?;
+    for entry in fs::read_dir(round_dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let temporary = latest.join(format!(".{}.tmp", name.to_string_lossy()));
+        fs::copy(entry.path(), &temporary).with_context(|| {
+            format!("copying {} to {}", entry.path().display(), latest.display())
+        })?;
+        fs::File::open(&temporary)?.sync_all()?;
+        fs::rename(&temporary, latest.join(&name))?;
+    }
+    Ok(())
+}
