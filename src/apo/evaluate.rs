@@ -152,30 +152,31 @@ impl<'a> Evaluator<'a> {
                 unique.push(*idx);
             }
         }
-        let outcomes = join_all(
-            unique
-                .iter()
-                .map(|idx| self.replay(pairs[*idx].0, pairs[*idx].1)),
-        )
+        // Each score is cached as soon as it is paid for, so a run killed
+        // mid-batch loses only the calls still in flight.
+        let outcomes = join_all(unique.iter().map(|idx| async {
+            let outcome = self.replay(pairs[*idx].0, pairs[*idx].1).await;
+            if let PairResult::Scored(score, usage) = &outcome {
+                let cached = CachedEval {
+                    response: score.response.clone(),
+                    score: score.score,
+                };
+                if let Err(err) = cache::put(
+                    self.conn,
+                    &keys[*idx],
+                    &cached,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                ) {
+                    tracing::warn!(error = %err, "APO cache write failed");
+                }
+            }
+            outcome
+        }))
         .await;
         for (idx, outcome) in unique.iter().zip(outcomes) {
             match outcome {
-                PairResult::Scored(score, usage) => {
-                    let cached = CachedEval {
-                        response: score.response.clone(),
-                        score: score.score,
-                    };
-                    if let Err(err) = cache::put(
-                        self.conn,
-                        &keys[*idx],
-                        &cached,
-                        usage.input_tokens,
-                        usage.output_tokens,
-                    ) {
-                        tracing::warn!(error = %err, "APO cache write failed");
-                    }
-                    results[*idx] = Some(score);
-                }
+                PairResult::Scored(score, _) => results[*idx] = Some(score),
                 PairResult::Failed(reason) => {
                     tracing::warn!(example = %pairs[*idx].1.id, %reason, "replay failed");
                     self.stats.borrow_mut().failures += 1;

@@ -557,6 +557,9 @@ impl Daemon {
                 drop(status);
                 self.shared.set_config(&self.config);
             }
+            // One save often sends several events: the same refusal is
+            // reported once.
+            Reload::Refused(problems) if problems == status.config_errors => {}
             Reload::Refused(problems) => {
                 for problem in &problems {
                     tracing::error!("configuration edit refused, the running one stays: {problem}");

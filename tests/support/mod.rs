@@ -53,6 +53,8 @@ pub struct ServerState {
     requests: Mutex<u64>,
     /// (model, system prompt or first message) of every request, in order.
     log: Mutex<Vec<(String, String)>>,
+    /// The body of every request, in order.
+    bodies: Mutex<Vec<String>>,
     /// `Authorization` header of the last request, if any.
     authorization: Mutex<Option<String>>,
 }
@@ -132,6 +134,12 @@ impl TestServer {
     pub fn log(&self) -> Vec<(String, String)> {
         self.state.log.lock().unwrap().clone()
     }
+
+    /// Requests whose body was sent before (a paid call made twice).
+    pub fn repeated_requests(&self) -> usize {
+        let bodies = self.state.bodies.lock().unwrap();
+        bodies.len() - bodies.iter().collect::<BTreeSet<_>>().len()
+    }
 }
 
 fn tokens(text: &str) -> u64 {
@@ -180,6 +188,7 @@ async fn chat(
         }
         None => {}
     }
+    state.bodies.lock().unwrap().push(body.clone());
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad json").into_response();
     };

@@ -1,0 +1,353 @@
+//! `whetstone daemon`, run as the real binary on temporary folders against
+//! the local OpenAI-compatible test server: traces arriving in pieces, a
+//! rotated file, rounds triggered, config edits, kill -9 mid-round, SIGTERM.
+
+mod support;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::TestServer;
+
+/// A Controller episode as a Whetstone JSONL line.
+fn controller_line(idx: usize) -> String {
+    const CITIES: [&str; 4] = ["Paris", "Oslo", "Lima", "Cairo"];
+    let city = CITIES[idx % CITIES.len()];
+    let episode = support::episode(
+        &format!("ctl-{idx:04}"),
+        &format!("What is the weather in {city} right now? (#{idx})"),
+        &format!("it is {} degrees and clear in {city}", 10 + idx),
+        true,
+    );
+    let mut value = serde_json::to_value(&episode).unwrap();
+    let object = value.as_object_mut().unwrap();
+    object.remove("format");
+    object.remove("source");
+    value.to_string() + "\n"
+}
+
+/// A tool-using episode of another prompt, for the PPO update.
+fn tool_line(idx: usize) -> String {
+    let (question, tool) = if idx % 2 == 0 {
+        ("what is 17 times 3", "calculator")
+    } else {
+        ("weather in Oslo", "weather")
+    };
+    json!({
+        "id": format!("tool-{idx:04}"),
+        "prompt": {"name": "Agent", "version": "1"},
+        "input": format!("{question} (#{idx})"),
+        "steps": [
+            {"kind": "tool", "name": tool, "tool": {"arguments": {}, "result": "ok",
+             "policy": {"probability": 0.5}}},
+            {"kind": "llm", "name": "m", "llm": {"output_text": "done"}},
+        ],
+        "rewards": {"success": 1.0},
+    })
+    .to_string()
+        + "\n"
+}
+
+fn append(path: &Path, text: &str) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    port: u16,
+    base_url: String,
+}
+
+impl Setup {
+    fn traces(&self) -> PathBuf {
+        self.dir.path().join("traces")
+    }
+
+    fn config(&self, generations: u32, extra: &str) -> String {
+        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+        format!(
+            r#"data_dir = "data"
+
+[traces]
+dir = "traces"
+quiet_period_secs = 1
+
+[llm]
+base_url = "{base_url}"
+api_key_env = "WHETSTONE_TEST_KEY_UNSET"
+task_model = "task-model"
+rewriter_model = "rewriter-model"
+judge_model = "judge-model"
+max_concurrency = 2
+timeout_secs = 10
+
+[apo]
+baseline_prompt_file = "{prompts}/controller.txt"
+meta_prompt_dir = "{prompts}"
+generations = {generations}
+population_size = 4
+top_k = 2
+patience = 0
+scorer = {{ type = "f1" }}
+
+[daemon]
+poll_interval_secs = 1
+debounce_millis = 100
+apo_min_new_episodes = 12
+rl_min_new_decisions = 20
+retry_backoff_secs = 1
+
+[api]
+listen = "127.0.0.1:{port}"
+{extra}"#,
+            base_url = self.base_url,
+            port = self.port,
+            prompts = prompts.display(),
+        )
+    }
+
+    fn write_config(&self, text: &str) {
+        // Written aside and renamed, as editors save.
+        let aside = self.dir.path().join(".config.toml.swp");
+        fs::write(&aside, text).unwrap();
+        fs::rename(&aside, self.dir.path().join("config.toml")).unwrap();
+    }
+
+    fn start(&self) -> Child {
+        let log = fs::File::create(self.dir.path().join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        )))
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_whetstone"))
+            .arg("daemon")
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("WHETSTONE_API_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let response = reqwest::get(url).await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Polls `path` until `done` holds, or fails after `secs` seconds.
+    async fn wait_for(&self, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(value) = self.get(path).await {
+                if done(&value) {
+                    return value;
+                }
+                last = value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting on {path}; last answer: {last:#}");
+    }
+}
+
+fn succeeded(rounds: &Value, kind: &str) -> usize {
+    rounds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == kind && r["status"] == "succeeded")
+        .count()
+}
+
+async fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not exit within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
+    let server = TestServer::start().await;
+    server.set_latency(Duration::from_millis(5));
+    let setup = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        port: free_port(),
+        base_url: server.base_url(),
+    };
+    fs::create_dir(setup.traces()).unwrap();
+    setup.write_config(&setup.config(2, ""));
+    let mut daemon = setup.start();
+    setup
+        .wait_for("/v1/status", 30, |s| {
+            s["ingest"]["passes"].as_u64() > Some(0)
+        })
+        .await;
+
+    // Traces arrive the way agents write them: a line in two writes, a
+    // garbage line, a file rotated with an unread tail.
+    let live = setup.traces().join("agent.jsonl");
+    let first = controller_line(0);
+    let (head, tail) = first.split_at(first.len() / 2);
+    append(&live, head);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    append(&live, tail);
+    append(&live, "{ this is not json\n");
+    for idx in 1..8 {
+        append(&live, &controller_line(idx));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for idx in 8..12 {
+        append(&live, &controller_line(idx));
+    }
+    fs::rename(&live, setup.traces().join("agent.jsonl.1")).unwrap();
+    let tools = setup.traces().join("tools.jsonl");
+    for idx in 0..12 {
+        append(&tools, &tool_line(idx));
+    }
+    let status = setup
+        .wait_for("/v1/status", 30, |s| s["ingest"]["episodes_new"] == 24)
+        .await;
+    assert_eq!(status["ingest"]["rejects"]["invalid_json"], 1, "{status:#}");
+
+    // 12 new Controller episodes start an APO round, 12 + 24 decisions a
+    // PPO update; both publish into latest/.
+    let rounds = setup
+        .wait_for("/v1/rounds", 120, |r| {
+            succeeded(r, "apo") >= 1 && succeeded(r, "rl") >= 1
+        })
+        .await;
+    let latest = setup.dir.path().join("data/output/latest");
+    for file in [
+        "best_prompt.txt",
+        "optimization_summary.json",
+        "learned_policy.json",
+    ] {
+        assert!(
+            latest.join(file).is_file(),
+            "latest/{file} missing: {rounds:#}"
+        );
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", setup.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("whetstone_ingest_episodes_total 24"),
+        "{metrics}"
+    );
+    let act = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/policy/act", setup.port))
+        .json(&json!({"input": "weather in Paris", "step": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(act.status().is_success());
+    let act: Value = act.json().await.unwrap();
+    let probability = act["probability"].as_f64().unwrap();
+    assert!(probability > 0.0 && probability <= 1.0, "{act:#}");
+    assert_eq!(act["decision_id"].as_str().unwrap().len(), 16);
+
+    // A valid edit applies from the next round; an invalid one is reported
+    // with every problem and the running configuration stays.
+    setup.write_config(&setup.config(1, ""));
+    setup
+        .wait_for("/v1/status", 30, |s| s["config_reloads"] == 1)
+        .await;
+    setup.write_config(&setup.config(1, "\n[rl]\ngamma = 7.0\nclip_coef = -1.0\n"));
+    let status = setup
+        .wait_for("/v1/status", 30, |s| s["config_reload_errors"] == 1)
+        .await;
+    let errors = status["config_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{status:#}");
+    assert!(
+        errors[0].as_str().unwrap().contains("config.toml:"),
+        "{status:#}"
+    );
+    setup.write_config(&setup.config(1, ""));
+
+    // The next round runs with generations = 1. It is slow enough to be
+    // killed in the middle.
+    server.set_latency(Duration::from_millis(150));
+    let before = server.requests();
+    for idx in 12..24 {
+        append(&setup.traces().join("agent.jsonl"), &controller_line(idx));
+    }
+    setup
+        .wait_for("/v1/status", 60, |s| s["running"]["apo"]["id"].is_i64())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.requests() < before + 6 {
+        assert!(Instant::now() < deadline, "the round made no calls");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+
+    // Restarted: the interrupted round resumes on the same episodes and
+    // settings, finding the calls it paid for in the cache.
+    server.set_latency(Duration::from_millis(5));
+    let mut daemon = setup.start();
+    let rounds = setup
+        .wait_for("/v1/rounds", 120, |r| succeeded(r, "apo") >= 2)
+        .await;
+    let resumed = rounds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "apo" && r["attempts"] == 2)
+        .unwrap_or_else(|| panic!("no resumed round: {rounds:#}"));
+    assert_eq!(resumed["status"], "succeeded");
+    assert_eq!(resumed["summary"]["generations"], 1, "{resumed:#}");
+    // At most the calls in flight at the kill (llm.max_concurrency) are
+    // made again.
+    assert!(
+        server.repeated_requests() <= 2,
+        "{} calls repeated",
+        server.repeated_requests()
+    );
+
+    // SIGTERM: a clean exit, quickly.
+    let pid = daemon.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let exit = wait_exit(&mut daemon, 10).await;
+    assert!(exit.success(), "{exit:?}");
+
+    // Every episode exactly once.
+    let stats = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        .args(["traces", "stats", "--json"])
+        .current_dir(setup.dir.path())
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["episodes"], 36, "{stats:#}");
+}
