@@ -32,7 +32,7 @@ fn controller_line(idx: usize) -> String {
 
 /// A tool-using episode of another prompt, for the PPO update.
 fn tool_line(idx: usize) -> String {
-    let (question, tool) = if idx % 2 == 0 {
+    let (question, tool) = if idx.is_multiple_of(2) {
         ("what is 17 times 3", "calculator")
     } else {
         ("weather in Oslo", "weather")
