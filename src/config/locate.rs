@@ -38,6 +38,31 @@ pub fn span_of_key(root: &DeTable<'_>, key_path: &str) -> Option<Range<usize>> {
     found
 }
 
+/// Removes the entry at `key_path` (dot-separated) from `root`; an array
+/// element's path removes the whole array. Whether something was removed.
+pub fn remove_key_path(root: &mut DeTable<'_>, key_path: &str) -> bool {
+    let mut table = root;
+    let mut segments = key_path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let is_last = segments.peek().is_none();
+        let Some(key) = table.keys().find(|key| key.get_ref() == segment).cloned() else {
+            return false;
+        };
+        let descend = !is_last
+            && table
+                .get(&key)
+                .is_some_and(|value| matches!(value.get_ref(), DeValue::Table(_)));
+        if !descend {
+            return table.remove(&key).is_some();
+        }
+        match table.get_mut(&key).map(|value| value.get_mut()) {
+            Some(DeValue::Table(child)) => table = child,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn contains(span: &Range<usize>, offset: usize) -> bool {
     span.contains(&offset) || (span.is_empty() && span.start == offset)
 }

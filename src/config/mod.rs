@@ -8,7 +8,8 @@
 //! A file is read in three steps, each reporting `file:line:col: key: message`:
 //! 1. parse the TOML into a spanned tree (syntax errors);
 //! 2. deserialize with `deny_unknown_fields` (typos, wrong types: serde stops
-//!    at the first one);
+//!    at the first one, so the offending key is taken out and the rest
+//!    deserialized again, until every such problem is found);
 //! 3. [`Config::validate`] (out-of-range values: all of them are listed).
 //!
 //! Relative paths (`data_dir`, `traces.dir`, the `apo` prompt files) resolve against the directory of
@@ -137,32 +138,50 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let problem_from_toml = |err: toml::de::Error, doc: Option<&toml::de::DeTable<'_>>| {
         let offset = err.span().map(|span| span.start);
-        let problem = Problem {
+        Problem {
             file: file.to_path_buf(),
             location: offset.map(|offset| Location::of_offset(text, offset)),
             key: doc
                 .zip(offset)
                 .and_then(|(doc, offset)| locate::key_path_at(doc, offset)),
             message: err.message().to_owned(),
-        };
-        ConfigError::new(vec![problem])
+        }
     };
 
-    let doc = toml::de::DeTable::parse(text).map_err(|err| problem_from_toml(err, None))?;
-    let config = Config::deserialize(toml::de::Deserializer::from(doc.clone()))
-        .map_err(|err| problem_from_toml(err, Some(doc.get_ref())))?;
-
-    let mut problems: Vec<Problem> = config
-        .validate()
-        .into_iter()
-        .map(|invalid| Problem {
-            file: file.to_path_buf(),
-            location: locate::span_of_key(doc.get_ref(), &invalid.key)
-                .map(|span| Location::of_offset(text, span.start)),
-            key: Some(invalid.key),
-            message: invalid.message,
-        })
-        .collect();
+    let doc = toml::de::DeTable::parse(text)
+        .map_err(|err| ConfigError::new(vec![problem_from_toml(err, None)]))?;
+    // serde stops at the first unknown key or wrong type: take that key out
+    // and deserialize again, until the rest deserializes, so every such
+    // problem is reported at once (and the rest is still validated).
+    let mut problems = Vec::new();
+    let mut remaining = doc.clone();
+    let config = loop {
+        match Config::deserialize(toml::de::Deserializer::from(remaining.clone())) {
+            Ok(config) => break Some(config),
+            Err(err) => {
+                let problem = problem_from_toml(err, Some(doc.get_ref()));
+                let removed = problem
+                    .key
+                    .as_deref()
+                    .is_some_and(|key| locate::remove_key_path(remaining.get_mut(), key));
+                problems.push(problem);
+                if !removed {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(config) = &config {
+        problems.extend(config.validate().into_iter().map(|invalid| {
+            Problem {
+                file: file.to_path_buf(),
+                location: locate::span_of_key(doc.get_ref(), &invalid.key)
+                    .map(|span| Location::of_offset(text, span.start)),
+                key: Some(invalid.key),
+                message: invalid.message,
+            }
+        }));
+    }
     if !problems.is_empty() {
         // File order reads best; keys left at their defaults have no
         // location and go last.
@@ -173,7 +192,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         });
         return Err(ConfigError::new(problems));
     }
-    Ok(config)
+    Ok(config.expect("a configuration that did not deserialize has a problem"))
 }
 
 #[cfg(test)]
@@ -339,6 +358,35 @@ mod tests {
             found[0].starts_with("config.toml:1:10: traces: invalid type: integer"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_bad_values_are_all_reported_at_once() {
+        // Issue 11: serde stopped at the first of these six.
+        let found = errors(
+            "colour = 1\n\
+             [traces]\nquiet_period = 5\nbatch_lines = \"many\"\n\
+             [llm]\ntimeout_secs = \"sixty\"\nmax_concurrency = 0\n\
+             [rl]\ngamma = \"high\"\n",
+        );
+        let keys: Vec<&str> = found
+            .iter()
+            .map(|line| line.split(": ").nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "colour",
+                "traces.quiet_period",
+                "traces.batch_lines",
+                "llm.timeout_secs",
+                "llm.max_concurrency",
+                "rl.gamma"
+            ],
+            "{found:#?}"
+        );
+        assert!(found[0].starts_with("config.toml:1:1: "), "{found:?}");
+        assert!(found[4].starts_with("config.toml:7:1: "), "{found:?}");
     }
 
     #[test]
