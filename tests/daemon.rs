@@ -277,6 +277,14 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
     assert!(probability > 0.0 && probability <= 1.0, "{act:#}");
     assert_eq!(act["decision_id"].as_str().unwrap().len(), 16);
 
+    let status = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        .arg("status")
+        .current_dir(setup.dir.path())
+        .output()
+        .unwrap();
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(status.contains("ingested: 24 episodes"), "{status}");
+
     // A valid edit applies from the next round; an invalid one is reported
     // with every problem and the running configuration stays.
     setup.write_config(&setup.config(1, ""));

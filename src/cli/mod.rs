@@ -8,6 +8,7 @@
 mod config_cmd;
 mod daemon;
 mod policy;
+mod status;
 pub mod traces;
 mod train;
 
@@ -94,6 +95,9 @@ pub enum Command {
     /// Run the always-on service: watch the trace folder, learn as traces
     /// arrive, serve the local HTTP API; reloads the configuration on edit.
     Daemon(daemon::DaemonArgs),
+    /// Show what the running daemon is doing (or, without one, what the
+    /// store holds).
+    Status(status::StatusArgs),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
         Command::Train(args) => train::run(args, &cli.global.load_config()?),
         Command::Daemon(args) => daemon::run(args, &cli.global),
+        Command::Status(args) => status::run(args, &cli.global.load_config()?),
     }
 }
 

@@ -64,11 +64,11 @@ pub fn run(command: &TracesCommand, config: &Config) -> anyhow::Result<()> {
     if let TracesCommand::Parse(args) = command {
         return parse(args, config);
     }
-    let mut store = Store::open(&config.data_dir)?;
     match command {
         TracesCommand::Parse(_) => unreachable!("handled above: needs no store"),
-        TracesCommand::Import(args) => import(&mut store, args, config),
+        TracesCommand::Import(args) => import(&mut Store::open(&config.data_dir)?, args, config),
         TracesCommand::Stats { json } => {
+            let store = Store::open_for_reading(&config.data_dir)?;
             let stats = store.stats()?;
             let first_rejects = store.rejects(SHOWN_REJECTS as u64)?;
             let mut out = io::stdout().lock();

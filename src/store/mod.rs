@@ -58,6 +58,15 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "database {path} has schema version {found} and needs migrating to {supported}, \
+         which cannot be done read-only; run whetstone once where it is writable"
+    )]
+    ReadOnlyOld {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("migrating database to schema version {version}: {source}")]
     Migrate {
         version: usize,
@@ -134,6 +143,73 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens `<data_dir>/whetstone.db` for reading only, for commands that
+    /// only look (`traces stats`, `status`) where the data folder is not
+    /// writable (a read-only mount, another user's folder). Nothing is
+    /// created or migrated: the database must exist at this binary's schema.
+    pub fn open_read_only(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(open_error(rusqlite::Error::InvalidPath(path.clone())));
+        }
+        // A WAL database needs its -shm file; where that cannot be created,
+        // `immutable=1` reads the file as it is (no writer can be running).
+        let mut url = url::Url::from_file_path(&path)
+            .map_err(|()| open_error(rusqlite::Error::InvalidPath(path.clone())))?;
+        url.set_query(Some("mode=ro"));
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let readable = |conn: Connection| -> rusqlite::Result<Connection> {
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(conn)
+        };
+        let conn = match Connection::open_with_flags(url.as_str(), flags).and_then(readable) {
+            Ok(conn) => conn,
+            Err(_) => {
+                url.set_query(Some("mode=ro&immutable=1"));
+                Connection::open_with_flags(url.as_str(), flags)
+                    .and_then(readable)
+                    .map_err(open_error)?
+            }
+        };
+        let store = Store { conn };
+        let found = store.schema_version()?;
+        let supported = migrations::MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                supported,
+            });
+        }
+        if found < supported {
+            return Err(StoreError::ReadOnlyOld {
+                path,
+                found,
+                supported,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens the store for writing, or where that fails (a read-only data
+    /// folder), for reading only, saying so.
+    pub fn open_for_reading(data_dir: &Path) -> Result<Store, StoreError> {
+        match Store::open(data_dir) {
+            Ok(store) => Ok(store),
+            Err(err @ StoreError::TooNew { .. }) => Err(err),
+            Err(err) => {
+                let store = Store::open_read_only(data_dir).map_err(|_| err)?;
+                tracing::info!(data_dir = %data_dir.display(), "data folder not writable; reading the store read-only");
+                Ok(store)
+            }
+        }
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -193,6 +269,20 @@ pub fn now_unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_open_reads_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Store::open_read_only(dir.path()).is_err(),
+            "no database yet"
+        );
+        drop(Store::open(dir.path()).unwrap());
+        let store = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(store.stats().unwrap().episodes, 0);
+        let write = store.conn.execute("DELETE FROM episodes", []);
+        assert!(write.is_err(), "a read-only store must not write");
+    }
 
     #[test]
     fn open_creates_db_in_wal_mode_at_current_version() {
