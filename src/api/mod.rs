@@ -46,11 +46,21 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// State for `config`, starting from `status`.
+    /// State for `config`, starting from `status`; the token comes from the
+    /// environment variable `api.token_env` names.
     pub fn new(config: &Config, status: Status) -> anyhow::Result<ApiState> {
         let token = std::env::var(&config.api.token_env)
             .ok()
             .filter(|token| !token.is_empty());
+        ApiState::with_token(config, status, token)
+    }
+
+    /// State for `config` with an explicit `token` (or none).
+    pub fn with_token(
+        config: &Config,
+        status: Status,
+        token: Option<String>,
+    ) -> anyhow::Result<ApiState> {
         let seed = crate::store::now_unix_ms() as u64 ^ u64::from(std::process::id());
         Ok(ApiState {
             status: Mutex::new(status),
@@ -287,7 +297,7 @@ async fn policy_act(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<ActBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ActResponse>, ApiError> {
-    let Json(body) = body.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let Json(body) = body.map_err(|err| ApiError::new(err.status(), err.body_text()))?;
     let request = ActRequest {
         input: body.input,
         previous_tool: body.previous_tool,
@@ -332,4 +342,117 @@ async fn policy_act(
         decision_id: format!("{decision:016x}"),
         policy_version: state.status().policy_version,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn state(dir: &std::path::Path, token: Option<&str>) -> Arc<ApiState> {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let status = Status {
+            config_source: "test".into(),
+            ..Status::default()
+        };
+        Arc::new(ApiState::with_token(&config, status, token.map(str::to_string)).unwrap())
+    }
+
+    async fn call(app: Router, request: axum::http::Request<Body>) -> (StatusCode, String) {
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(uri: &str) -> axum::http::Request<Body> {
+        axum::http::Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_and_errors_are_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(state(dir.path(), None), 2048);
+        assert_eq!(
+            call(app.clone(), get("/healthz")).await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (code, body) = call(app.clone(), get("/v1/status")).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["config_source"],
+            "test"
+        );
+        let (code, body) = call(app.clone(), get("/metrics")).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            body.contains("# TYPE whetstone_ingest_episodes_total counter"),
+            "{body}"
+        );
+        assert_eq!(
+            call(app.clone(), get("/v1/rounds")).await,
+            (StatusCode::OK, "[]".into())
+        );
+        let (code, body) = call(app.clone(), get("/v1/rounds/7")).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (StatusCode::NOT_FOUND, r#"{"error":"no round 7"}"#)
+        );
+        let (code, body) = call(app.clone(), get("/nope")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(body.starts_with(r#"{"error":"#), "{body}");
+
+        let act = |body: String| {
+            axum::http::Request::post("/v1/policy/act")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let (code, body) = call(app.clone(), act(r#"{"inptu": "x"}"#.into())).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("inptu"), "{body}");
+        let (code, body) = call(app.clone(), act(r#"{"input": "x"}"#.into())).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("no policy to act with yet"), "{body}");
+        let huge = format!(r#"{{"input": "{}"}}"#, "x".repeat(4096));
+        let (code, _) = call(app, act(huge)).await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_configured_token_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(state(dir.path(), Some("s3cret")), 2048);
+        let (code, body) = call(app.clone(), get("/v1/status")).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("bearer token"), "{body}");
+        let wrong = axum::http::Request::get("/v1/status")
+            .header(header::AUTHORIZATION, "Bearer nope")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(app.clone(), wrong).await.0, StatusCode::UNAUTHORIZED);
+        let right = axum::http::Request::get("/v1/status")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(app, right).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_non_loopback_address_without_a_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ApiConfig {
+            listen: "0.0.0.0:0".into(),
+            ..ApiConfig::default()
+        };
+        let err = serve(&config, state(dir.path(), None)).await.unwrap_err();
+        assert!(err.to_string().contains("WHETSTONE_API_TOKEN"), "{err}");
+        let with_token = serve(&config, state(dir.path(), Some("t"))).await.unwrap();
+        with_token.abort();
+    }
 }

@@ -472,6 +472,7 @@ impl Daemon {
         let cancel = self.cancel.subscribe();
         tokio::task::spawn_blocking(move || {
             let kind_name = job.kind.as_str();
+            let _span = tracing::info_span!("round", id = job.id, kind = kind_name).entered();
             let progress = |message: String| {
                 if let Some(round) = shared.status_mut().running.get_mut(kind_name) {
                     round.progress = message;
