@@ -137,14 +137,20 @@ listen = "127.0.0.1:{port}"
     }
 
     fn episodes(&self) -> u64 {
-        self.status().map_or(0, |s| s["ingest"]["episodes_new"].as_u64().unwrap_or(0))
+        self.status()
+            .map_or(0, |s| s["ingest"]["episodes_new"].as_u64().unwrap_or(0))
     }
 
     /// (utime + stime in seconds, RSS in KiB) of the process.
     fn cpu_and_rss(&self) -> (f64, u64) {
         let pid = self.child.id();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let rss = status
@@ -162,6 +168,14 @@ listen = "127.0.0.1:{port}"
             .status();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // After stop() this finds the process gone; on a panic it ends it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -183,7 +197,10 @@ fn ureq_get(url: &str) -> Option<String> {
         return None;
     }
     // Bodies of this size come in one chunk when chunked.
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let (_, rest) = body.split_once("\r\n")?;
         return Some(rest.rsplit_once("\r\n0\r\n")?.0.to_string());
     }
@@ -245,7 +262,9 @@ fn ingest_rate(root: &Path, base_url: &str, corpus: &Path, round: bool) -> f64 {
         }
         daemon.wait(|s| s["running"]["apo"]["id"].is_i64());
     }
-    let bytes_before = daemon.status().unwrap()["ingest"]["bytes"].as_u64().unwrap();
+    let bytes_before = daemon.status().unwrap()["ingest"]["bytes"]
+        .as_u64()
+        .unwrap();
     let size = fs::metadata(corpus).unwrap().len();
     let started = Instant::now();
     fs::copy(corpus, daemon.dir.join("traces/otlp.jsonl")).unwrap();

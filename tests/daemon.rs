@@ -130,7 +130,7 @@ listen = "127.0.0.1:{port}"
         fs::rename(&aside, self.dir.path().join("config.toml")).unwrap();
     }
 
-    fn start(&self) -> Child {
+    fn start(&self) -> Running {
         let log = fs::File::create(self.dir.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -144,6 +144,7 @@ listen = "127.0.0.1:{port}"
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Running)
             .unwrap()
     }
 
@@ -167,6 +168,17 @@ listen = "127.0.0.1:{port}"
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("timed out waiting on {path}; last answer: {last:#}");
+    }
+}
+
+/// A daemon process, killed if the test ends early (a failed assertion
+/// must not leave it running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -318,8 +330,8 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         assert!(Instant::now() < deadline, "the round made no calls");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    daemon.kill().unwrap(); // SIGKILL
-    daemon.wait().unwrap();
+    daemon.0.kill().unwrap(); // SIGKILL
+    daemon.0.wait().unwrap();
 
     // Restarted: the interrupted round resumes on the same episodes and
     // settings, finding the calls it paid for in the cache.
@@ -345,9 +357,9 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
     );
 
     // SIGTERM: a clean exit, quickly.
-    let pid = daemon.id().to_string();
+    let pid = daemon.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let exit = wait_exit(&mut daemon, 10).await;
+    let exit = wait_exit(&mut daemon.0, 10).await;
     assert!(exit.success(), "{exit:?}");
 
     // Every episode exactly once.

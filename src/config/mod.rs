@@ -38,6 +38,7 @@ pub use llm::LlmConfig;
 pub use traces::TracesConfig;
 pub use validate::{Checker, Invalid};
 
+use crate::registry::RegistryConfig;
 use crate::rl::RlConfig;
 
 /// The whole configuration. Defaults are documented in `config.toml`.
@@ -58,6 +59,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The daemon's local HTTP API.
     pub api: ApiConfig,
+    /// The prompt registry: A/B statistics, guardrails, rollout.
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             apo: ApoConfig::default(),
             daemon: DaemonConfig::default(),
             api: ApiConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -86,6 +90,7 @@ impl Config {
         check.section("apo", |check| self.apo.check(check));
         check.section("daemon", |check| self.daemon.validate(check));
         check.section("api", |check| self.api.validate(check));
+        check.section("registry", |check| self.registry.validate(check));
         check.finish()
     }
 

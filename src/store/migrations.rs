@@ -139,4 +139,61 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rounds_by_kind ON rounds (kind, subject, status);
     "#,
+    // 5: the prompt registry: immutable versions with lineage, labels, A/B
+    // tests with their rollout stage, and an audit log of every change.
+    r#"
+    CREATE TABLE prompt_versions (
+        id                 INTEGER PRIMARY KEY,
+        prompt             TEXT    NOT NULL,
+        version            TEXT    NOT NULL,
+        text               TEXT    NOT NULL,
+        parent_version     TEXT,
+        operator           TEXT,
+        round_id           INTEGER,
+        -- JSON object of scores (e.g. APO's validation reward), or NULL.
+        scores             TEXT,
+        created_at_unix_ms INTEGER NOT NULL,
+        created_by         TEXT    NOT NULL,
+        UNIQUE (prompt, version)
+    );
+
+    CREATE TABLE prompt_labels (
+        prompt  TEXT NOT NULL,
+        label   TEXT NOT NULL,
+        version TEXT NOT NULL,
+        PRIMARY KEY (prompt, label)
+    ) WITHOUT ROWID;
+
+    -- `split` is the treatment's share of traffic now; `stages` the rollout
+    -- plan (JSON array of shares, ending at 1.0), `stage` the index in it.
+    -- Outcomes count from episodes with id > `start_episode_id` (and, for
+    -- the stage gate, > `stage_episode_id`).
+    CREATE TABLE ab_tests (
+        id                  INTEGER PRIMARY KEY,
+        prompt              TEXT    NOT NULL,
+        control             TEXT    NOT NULL,
+        treatment           TEXT    NOT NULL,
+        split               REAL    NOT NULL,
+        stages              TEXT    NOT NULL,
+        stage               INTEGER NOT NULL,
+        status              TEXT    NOT NULL,
+        winner              TEXT,
+        reason              TEXT,
+        start_episode_id    INTEGER NOT NULL,
+        stage_episode_id    INTEGER NOT NULL,
+        started_at_unix_ms  INTEGER NOT NULL,
+        stopped_at_unix_ms  INTEGER
+    );
+    CREATE UNIQUE INDEX ab_tests_one_running ON ab_tests (prompt) WHERE status = 'running';
+
+    CREATE TABLE registry_audit (
+        id         INTEGER PRIMARY KEY,
+        at_unix_ms INTEGER NOT NULL,
+        actor      TEXT    NOT NULL,
+        action     TEXT    NOT NULL,
+        prompt     TEXT    NOT NULL,
+        detail     TEXT    NOT NULL
+    );
+    CREATE INDEX registry_audit_by_prompt ON registry_audit (prompt, id);
+    "#,
 ];

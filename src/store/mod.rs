@@ -14,6 +14,7 @@ mod cursor;
 mod episodes;
 mod ingest_tx;
 pub mod migrations;
+mod registry;
 mod rounds;
 mod stats;
 
@@ -26,6 +27,7 @@ pub use body::BodyEncoder;
 pub use cursor::{FileCursor, FileIdentity, Layout};
 pub use episodes::{EpisodeFilter, StoredEpisode};
 pub use ingest_tx::{IngestTx, RejectRow, TraceState};
+pub use registry::{AbTestRow, AuditEntry, Change, PromptVersion};
 pub use rounds::{Arrivals, NewRound, Round, RoundStatus};
 pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
 
