@@ -8,6 +8,7 @@
 mod config_cmd;
 mod daemon;
 mod policy;
+mod prompts;
 mod status;
 pub mod traces;
 mod train;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Show what the running daemon is doing (or, without one, what the
     /// store holds).
     Status(status::StatusArgs),
+    /// The prompt registry: versions, A/B tests, rollout and rollback.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCommand),
 }
 
 /// Runs a parsed command line. Errors carry their cause chain; a
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args, &cli.global.load_config()?),
         Command::Daemon(args) => daemon::run(args, &cli.global),
         Command::Status(args) => status::run(args, &cli.global.load_config()?),
+        Command::Prompts(command) => prompts::run(command, &cli.global.load_config()?),
     }
 }
 
