@@ -371,3 +371,184 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["episodes"], 36, "{stats:#}");
 }
+
+/// Serves `n` requests as an agent would: asks the daemon which version of
+/// the Controller prompt to use for each user, runs, and writes the run with
+/// the version it got. Success and safety rates depend on the version.
+async fn serve_requests(
+    setup: &Setup,
+    first: usize,
+    n: usize,
+    rates: &dyn Fn(&str) -> (f64, f64),
+    rng: &mut whetstone::rng::Rng,
+) {
+    let mut lines = String::new();
+    for idx in first..first + n {
+        let resolved = setup
+            .get(&format!("/v1/prompts/Controller/resolve?key=user-{idx}"))
+            .await
+            .expect("resolve answers");
+        let version = resolved["version"].as_str().unwrap().to_string();
+        let (success, safety) = rates(&version);
+        let mut draw = |p: f64| f64::from(u8::from(rng.next_f64() < p));
+        let line = json!({
+            "id": format!("served-{idx:05}"),
+            "prompt": {"name": "Controller", "version": version},
+            "input": format!("request {idx}"),
+            "steps": [{"kind": "llm", "name": "m", "llm": {"output_text": "ok"}}],
+            "rewards": {"success": draw(success), "safety": draw(safety)},
+        });
+        lines.push_str(&format!("{line}\n"));
+    }
+    append(&setup.traces().join("served.jsonl"), &lines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_rolls_out_an_apo_winner_stage_by_stage_and_rolls_back_a_breach() {
+    let server = TestServer::start().await;
+    let setup = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        port: free_port(),
+        base_url: server.base_url(),
+    };
+    fs::create_dir(setup.traces()).unwrap();
+    let registry = "\n[registry]\nmetric = \"success\"\nmin_samples_per_arm = 30\n\
+                    rollout_stages = [0.2, 0.5, 1.0]\nauto_rollout = true\n\
+                    guardrails = [{ metric = \"safety\", max_drop = 0.05 }]\n";
+    setup.write_config(&setup.config(2, registry));
+    let _daemon = setup.start();
+    setup
+        .wait_for("/v1/status", 30, |s| {
+            s["ingest"]["passes"].as_u64() > Some(0)
+        })
+        .await;
+    for idx in 0..12 {
+        append(&setup.traces().join("agent.jsonl"), &controller_line(idx));
+    }
+    // The APO round's winner becomes version 2, in a staged rollout against
+    // the baseline (version 1).
+    setup
+        .wait_for("/v1/rounds", 120, |r| succeeded(r, "apo") >= 1)
+        .await;
+    // No further APO rounds while the agent serves traffic.
+    let no_more_rounds = setup.config(2, registry).replace(
+        "apo_min_new_episodes = 12",
+        "apo_min_new_episodes = 0\napo_interval_secs = 0",
+    );
+    setup.write_config(&no_more_rounds);
+    setup
+        .wait_for("/v1/status", 30, |s| s["config_reloads"] == 1)
+        .await;
+    let data = setup.dir.path().join("data");
+    let store = whetstone::store::Store::open(&data).unwrap();
+    let test = store
+        .running_ab_test("Controller")
+        .unwrap()
+        .expect("the daemon started a rollout of the APO winner");
+    assert_eq!((test.control.as_str(), test.treatment.as_str()), ("1", "2"));
+    assert_eq!(
+        store
+            .prompt_version("Controller", "2")
+            .unwrap()
+            .unwrap()
+            .round_id,
+        Some(1)
+    );
+
+    // The candidate is better and as safe: it passes stage by stage.
+    let mut rng = whetstone::rng::Rng::new(11);
+    let better = |version: &str| {
+        if version == "2" {
+            (0.85, 0.95)
+        } else {
+            (0.45, 0.95)
+        }
+    };
+    let mut served = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.running_ab_test("Controller").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the rollout never ended");
+        serve_requests(&setup, served, 60, &better, &mut rng).await;
+        served += 60;
+        let expected = served as u64;
+        setup
+            .wait_for("/v1/status", 30, |s| {
+                s["ingest"]["episodes_new"].as_u64() >= Some(12 + expected)
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = store.registry_audit("Controller", 50).unwrap();
+    let trail: Vec<String> = audit
+        .iter()
+        .rev()
+        .map(|a| format!("{}: {}", a.action, a.detail))
+        .collect();
+    let stages: Vec<&String> = trail.iter().filter(|t| t.starts_with("rollout")).collect();
+    assert_eq!(stages.len(), 2, "{trail:#?}");
+    assert!(
+        stages[0].contains("stage 1, 50%") && stages[1].contains("stage 2, 100%"),
+        "{trail:#?}"
+    );
+    assert!(trail.last().unwrap().contains("winner 2"), "{trail:#?}");
+    assert_eq!(
+        setup
+            .get("/v1/prompts/Controller/resolve?key=anyone")
+            .await
+            .unwrap()["version"],
+        "2"
+    );
+
+    // A hand-registered version 3 that is less safe: the daemon rolls it back.
+    let candidate = setup.dir.path().join("v3.txt");
+    fs::write(&candidate, "You are the Controller. Answer at any cost.").unwrap();
+    for args in [
+        vec![
+            "prompts",
+            "register",
+            "Controller",
+            "v3.txt",
+            "--parent",
+            "2",
+        ],
+        vec!["prompts", "rollout", "Controller", "3"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+            .args(&args)
+            .current_dir(setup.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let unsafe_candidate = |version: &str| {
+        if version == "3" {
+            (0.9, 0.5)
+        } else {
+            (0.85, 0.95)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.running_ab_test("Controller").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the breach was never acted on");
+        serve_requests(&setup, served, 60, &unsafe_candidate, &mut rng).await;
+        served += 60;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let last = &store.registry_audit("Controller", 1).unwrap()[0];
+    assert_eq!(last.actor, "daemon");
+    assert!(
+        last.detail.contains("guardrail `safety` breached"),
+        "{last:?}"
+    );
+    assert_eq!(
+        setup
+            .get("/v1/prompts/Controller/resolve?key=anyone")
+            .await
+            .unwrap()["version"],
+        "2"
+    );
+}

@@ -8,6 +8,9 @@
 //! - `POST /v1/policy/act`: the promoted policy's tool probabilities for a
 //!   state, plus a sampled tool, its probability and a decision id for the
 //!   agent to log on the decision's span (clean propensities for PPO).
+//! - `GET /v1/prompts/{name}/resolve?key=K`: the prompt version (id and
+//!   text) request key K gets: sticky A/B assignment while a test runs, the
+//!   production version otherwise.
 //!
 //! It listens on loopback by default. Any other address needs a bearer
 //! token, read from the environment variable `api.token_env` names; when
@@ -30,6 +33,7 @@ use serde_json::{Value, json};
 
 use crate::config::{ApiConfig, Config};
 use crate::daemon::Status;
+use crate::registry::{PromptRegistry, Resolved};
 use crate::rl::{self, ActRequest};
 use crate::rng::Rng;
 use crate::store::{Round, Store};
@@ -39,6 +43,8 @@ pub struct ApiState {
     status: Mutex<Status>,
     /// The store, for listing rounds (a connection of its own).
     store: Mutex<Store>,
+    /// The prompt registry, for resolving (another connection).
+    registry: Mutex<PromptRegistry>,
     checkpoint_dir: Mutex<PathBuf>,
     /// Bearer token requests must carry, when one is configured.
     token: Option<String>,
@@ -65,6 +71,11 @@ impl ApiState {
         Ok(ApiState {
             status: Mutex::new(status),
             store: Mutex::new(Store::open(&config.data_dir)?),
+            registry: Mutex::new(PromptRegistry::open(
+                &config.data_dir,
+                config.registry.clone(),
+                "api",
+            )?),
             checkpoint_dir: Mutex::new(config.data_dir.join("rl")),
             token,
             rng: Mutex::new(Rng::new(seed)),
@@ -86,6 +97,7 @@ impl ApiState {
     /// Takes the reloadable parts of a new configuration.
     pub fn set_config(&self, config: &Config) {
         *lock(&self.checkpoint_dir) = config.data_dir.join("rl");
+        lock(&self.registry).set_config(config.registry.clone());
     }
 }
 
@@ -133,6 +145,7 @@ pub fn app(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v1/rounds", get(rounds))
         .route("/v1/rounds/{id}", get(round))
         .route("/v1/policy/act", post(policy_act))
+        .route("/v1/prompts/{name}/resolve", get(resolve))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -255,6 +268,23 @@ fn round_json(round: &Round) -> Value {
         "error": round.error,
         "summary": summary,
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct ResolveQuery {
+    key: String,
+}
+
+async fn resolve(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Resolved>, ApiError> {
+    let Query(query) = query.map_err(|err| ApiError::new(err.status(), err.body_text()))?;
+    lock(&state.registry)
+        .resolve(&name, &query.key)
+        .map(Json)
+        .map_err(|err| ApiError::new(StatusCode::NOT_FOUND, format!("{err:#}")))
 }
 
 /// The state of a decision, as the agent sees it.
@@ -422,6 +452,36 @@ mod tests {
         let huge = format!(r#"{{"input": "{}"}}"#, "x".repeat(4096));
         let (code, _) = call(app, act(huge)).await;
         assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn resolve_gives_the_version_and_text_for_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = PromptRegistry::open(dir.path(), Default::default(), "test").unwrap();
+        for text in ["v1 text", "v2 text"] {
+            registry
+                .register_prompt(None, "Controller", text, Default::default())
+                .unwrap();
+        }
+        let app = app(state(dir.path(), None), 2048);
+        let (code, body) = call(app.clone(), get("/v1/prompts/Controller/resolve?key=u1")).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let resolved: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (resolved["version"].as_str(), resolved["text"].as_str()),
+            (Some("1"), Some("v1 text"))
+        );
+        registry.start_ab_test("Controller", "1", "2", 1.0).unwrap();
+        let (_, body) = call(app.clone(), get("/v1/prompts/Controller/resolve?key=u1")).await;
+        let resolved: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (resolved["version"].as_str(), resolved["arm"].as_str()),
+            (Some("2"), Some("treatment"))
+        );
+        let (code, _) = call(app.clone(), get("/v1/prompts/Nope/resolve?key=u1")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let (code, body) = call(app, get("/v1/prompts/Controller/resolve")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     }
 
     #[tokio::test]

@@ -36,13 +36,14 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::registry::{self, Decision, Lineage, PromptRegistry};
 use crate::store::{NewRound, Store, now_unix_ms};
 
 pub use reload::{Reload, reload};
 pub use rounds::{RoundKind, publish_latest};
 pub use status::Status;
 
-use rounds::{RoundJob, RoundResult};
+use rounds::{Candidate, RoundJob, RoundResult};
 use triggers::{Backoff, Due};
 use watcher::Change;
 
@@ -89,6 +90,7 @@ struct Daemon {
     config: Config,
     options: DaemonOptions,
     store: Store,
+    registry: PromptRegistry,
     shared: Arc<ApiState>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
@@ -179,11 +181,13 @@ impl Daemon {
             Some(api::serve(&config.api, Arc::clone(&shared)).await?)
         };
         let resume = interrupted_rounds(&store)?;
+        let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
         let (cancel, _) = watch::channel(false);
         Ok(Daemon {
             config,
             options,
             store,
+            registry,
             shared,
             events_tx,
             events,
@@ -252,6 +256,7 @@ impl Daemon {
                 }
                 Event::Ingested(report) => {
                     self.ingested(report);
+                    self.step_tests();
                     self.start_due_rounds().await?;
                 }
                 Event::RoundEnded { kind, id, result } => {
@@ -510,6 +515,11 @@ impl Daemon {
                 if result.policy_version.is_some() {
                     status.policy_version = result.policy_version;
                 }
+                drop(status);
+                if let Some(candidate) = &result.candidate {
+                    self.register_candidate(candidate, id);
+                }
+                let mut status = self.shared.status_mut();
                 status.retry_at_unix_ms.remove(kind.as_str());
                 self.backoff.remove(&kind);
             }
@@ -536,6 +546,91 @@ impl Daemon {
         Ok(())
     }
 
+    /// Registers an APO round's winner as a `candidate` version of its
+    /// prompt (the baseline too, if the prompt has no version yet), and with
+    /// `registry.auto_rollout` starts a staged rollout of it. Registry
+    /// trouble is logged, never fatal to the round.
+    fn register_candidate(&mut self, candidate: &Candidate, round_id: i64) {
+        if let Err(err) = self.try_register_candidate(candidate, round_id) {
+            tracing::error!(error = %format!("{err:#}"), prompt = %candidate.prompt, "cannot register the APO winner");
+        }
+    }
+
+    fn try_register_candidate(
+        &mut self,
+        candidate: &Candidate,
+        round_id: i64,
+    ) -> anyhow::Result<()> {
+        let prompt = &candidate.prompt;
+        if candidate.text == candidate.baseline_text
+            || candidate.optimized_reward <= candidate.baseline_reward
+        {
+            tracing::info!(%prompt, "APO kept the baseline; nothing to register");
+            return Ok(());
+        }
+        let baseline = self.registry.register_prompt(
+            None,
+            prompt,
+            &candidate.baseline_text,
+            Lineage {
+                operator: Some("baseline".into()),
+                ..Lineage::default()
+            },
+        )?;
+        let control = self
+            .registry
+            .labelled(prompt, registry::PRODUCTION)?
+            .unwrap_or(baseline.version);
+        let scores = serde_json::json!({
+            "baseline_reward": candidate.baseline_reward,
+            "optimized_reward": candidate.optimized_reward,
+        });
+        let version = self.registry.register_prompt(
+            None,
+            prompt,
+            &candidate.text,
+            Lineage {
+                parent_version: Some(control.clone()),
+                operator: Some(candidate.operator.clone()),
+                round_id: Some(round_id),
+                scores: Some(scores.to_string()),
+            },
+        )?;
+        self.registry
+            .set_label(prompt, registry::CANDIDATE, &version.version, "APO winner")?;
+        tracing::info!(%prompt, version = %version.version, "APO winner registered as candidate");
+        if self.config.registry.auto_rollout && version.version != control {
+            if self.registry.store().running_ab_test(prompt)?.is_some() {
+                tracing::info!(%prompt, "a test is running; the candidate waits");
+            } else {
+                let id = self
+                    .registry
+                    .start_rollout(prompt, &control, &version.version)?;
+                tracing::info!(%prompt, test = id, control = %control, treatment = %version.version, "staged rollout started");
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every running A/B test act on what was just ingested.
+    fn step_tests(&mut self) {
+        let tests = match self.registry.store().running_ab_tests() {
+            Ok(tests) => tests,
+            Err(err) => return tracing::error!(error = %err, "cannot read the running A/B tests"),
+        };
+        for test in tests {
+            match self.registry.step(&test.prompt) {
+                Ok(Some(Decision::Wait(_)) | None) => {}
+                Ok(Some(decision)) => {
+                    tracing::info!(prompt = %test.prompt, test = test.id, ?decision, "A/B test");
+                }
+                Err(err) => {
+                    tracing::error!(prompt = %test.prompt, error = %format!("{err:#}"), "A/B test step failed");
+                }
+            }
+        }
+    }
+
     fn reload_config(&mut self) {
         let Some(file) = self.options.config_file.clone() else {
             return;
@@ -557,6 +652,7 @@ impl Daemon {
                 self.config = *config;
                 drop(status);
                 self.shared.set_config(&self.config);
+                self.registry.set_config(self.config.registry.clone());
             }
             // One save often sends several events: the same refusal is
             // reported once.

@@ -78,6 +78,20 @@ pub struct RoundResult {
     pub llm_calls: u64,
     pub llm_tokens: u64,
     pub policy_version: Option<u64>,
+    /// What an APO round found, for the prompt registry.
+    pub candidate: Option<Candidate>,
+}
+
+/// An APO round's winner and the baseline it was measured against.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub prompt: String,
+    pub baseline_text: String,
+    pub text: String,
+    /// The operator that made the winner.
+    pub operator: String,
+    pub baseline_reward: f64,
+    pub optimized_reward: f64,
 }
 
 /// Runs `job` to its end (or until `cancel` turns true, for APO), writing
@@ -146,7 +160,21 @@ fn run_apo(
             }
         }
     })?;
+    let variant = |id: &str| summary.all_variants.iter().find(|v| v.id == id);
+    let candidate = variant(&summary.best_variant_id).map(|best| Candidate {
+        prompt: summary.target_prompt.clone(),
+        baseline_text: summary
+            .all_variants
+            .iter()
+            .find(|v| v.operator == "baseline")
+            .map_or_else(String::new, |v| v.text.clone()),
+        text: summary.best_prompt.clone(),
+        operator: best.operator.clone(),
+        baseline_reward: summary.baseline_reward,
+        optimized_reward: summary.optimized_reward,
+    });
     Ok(RoundResult {
+        candidate,
         headline: format!(
             "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), {} LLM calls, stopped: {}",
             summary.target_prompt,
@@ -215,6 +243,7 @@ fn run_rl(
         llm_calls: 0,
         llm_tokens: 0,
         policy_version: Some(report.promotion.policy_version),
+        candidate: None,
         summary: serde_json::to_string(&report)?,
     })
 }
