@@ -10,6 +10,10 @@
 //! 3. Sustained ingest rate of an OTLP/JSON corpus (`WHETSTONE_BENCH_MB`, 50)
 //!    appended while an APO round runs against the local test server, as a
 //!    ratio to the same corpus ingested with no round running, in one run.
+//! 4. Prompt resolution: `GET /v1/prompts/{name}/resolve?key=K` with an A/B
+//!    test running, from 8 concurrent keep-alive clients
+//!    (`WHETSTONE_BENCH_RESOLVES` requests in all, 20000): requests per
+//!    second and p50/p99 latency on loopback.
 //!
 //! Run with `cargo bench --bench daemon`; results go to stdout.
 
@@ -336,5 +340,58 @@ fn main() {
         "ingest of {megabytes} MB OTLP/JSON: {alone:.1} MB/s alone, {during:.1} MB/s while an APO round runs (ratio {:.2})",
         during / alone
     );
+
+    // 4. Resolve.
+    let total = env_u64("WHETSTONE_BENCH_RESOLVES", 20_000) as usize;
+    let daemon = Daemon::start(&root.join("resolve"), &base_url, 500, 0);
+    let mut registry = whetstone::registry::PromptRegistry::open(
+        &daemon.dir.join("data"),
+        Default::default(),
+        "bench",
+    )
+    .unwrap();
+    for text in ["You are the Controller.", "You are the Controller. Cite the tool result."] {
+        registry
+            .register_prompt(None, "Controller", text, Default::default())
+            .unwrap();
+    }
+    registry.start_ab_test("Controller", "1", "2", 0.1).unwrap();
+    let (rate, p50, p99) = runtime.block_on(resolve_load(daemon.port, total, 8));
+    daemon.stop();
+    println!(
+        "resolve with an A/B test running, 8 clients, {total} requests: {rate:.0} requests/s, p50 {p50:.2} ms, p99 {p99:.2} ms"
+    );
     let _ = fs::remove_dir_all(&root);
+}
+
+/// Sends `total` resolve requests from `clients` concurrent keep-alive
+/// clients; returns (requests per second, p50 ms, p99 ms).
+async fn resolve_load(port: u16, total: usize, clients: usize) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut millis = Vec::with_capacity(total / clients);
+                for i in 0..total / clients {
+                    let url = format!(
+                        "http://127.0.0.1:{port}/v1/prompts/Controller/resolve?key=user-{client}-{i}"
+                    );
+                    let sent = Instant::now();
+                    let response = http.get(&url).send().await.unwrap();
+                    assert!(response.status().is_success());
+                    response.bytes().await.unwrap();
+                    millis.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                millis
+            })
+        })
+        .collect();
+    let mut millis = Vec::with_capacity(total);
+    for task in tasks {
+        millis.extend(task.await.unwrap());
+    }
+    let rate = millis.len() as f64 / started.elapsed().as_secs_f64();
+    millis.sort_by(f64::total_cmp);
+    (rate, percentile(&millis, 0.5), percentile(&millis, 0.99))
 }
