@@ -249,9 +249,9 @@ async fn budget_caps_hold_and_validation_is_reserved() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config();
     cfg.generations = None;
-    cfg.budget.max_llm_calls = 60;
+    cfg.budget.max_llm_calls = 45;
     let summary = run_apo(&server, &cfg, &conn, out.path()).await;
-    assert!(summary.llm_calls <= 60, "{summary:?}");
+    assert!(summary.llm_calls <= 45, "{summary:?}");
     assert_eq!(server.requests(), summary.llm_calls);
     assert!(
         summary.stop_reason.contains("max_llm_calls"),

@@ -122,7 +122,7 @@ impl Default for ApoConfig {
             budget: BudgetConfig::default(),
             operator_weights: OPERATOR_NAMES
                 .iter()
-                .map(|name| (name.to_string(), 1.0))
+                .map(|name| (name.to_string(), default_weight(name)))
                 .collect(),
             bandit_temperature: 0.5,
             protected_phrases: Vec::new(),
@@ -131,6 +131,20 @@ impl Default for ApoConfig {
             scorer: ScorerConfig::LlmJudge { rubric_file: None },
             max_response_tokens: 512,
         }
+    }
+}
+
+/// Prior weight of an operator. Reflection (critique then edit) is what
+/// finds missing instructions, so it is drawn most; merging combines what
+/// reflection found on different examples; the cheap heuristic edits rarely
+/// help a capable task model and start with half a share. The bandit then
+/// moves choice toward whatever gains most per call.
+fn default_weight(operator: &str) -> f64 {
+    match operator {
+        "critique_edit" => 6.0,
+        "crossover" => 2.0,
+        "paraphrase" => 1.0,
+        _ => 0.5,
     }
 }
 

@@ -755,7 +755,16 @@ async fn search(
         reason: stop_reason.clone(),
     });
 
-    // Validation: the reserve is spent now.
+    // Validation: the reserve is spent now, and calls the search left over
+    // pay for more finalists.
+    let spare_finalists = if budget.exhausted() == Some("apo.budget.max_tokens reached") {
+        0
+    } else {
+        usize::try_from(
+            budget.calls_left() / (dataset.validation.len() as u64 * calls_per_example).max(1),
+        )
+        .unwrap_or(0)
+    };
     budget.release_reserve();
     let mut finalists: Vec<usize> = pool
         .iter()
@@ -771,7 +780,7 @@ async fn search(
             .then(va.text.chars().count().cmp(&vb.text.chars().count()))
             .then(a.cmp(b))
     });
-    finalists.truncate(cfg.finalists);
+    finalists.truncate(cfg.finalists + spare_finalists);
     let contenders: Vec<usize> = std::iter::once(0)
         .chain(finalists.iter().copied())
         .collect();
