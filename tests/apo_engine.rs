@@ -18,6 +18,7 @@ fn config() -> ApoConfig {
     ApoConfig {
         baseline_prompt_file: Some(prompts_dir().join("controller.txt")),
         generations: Some(4),
+        children_per_generation: 4,
         scorer: ScorerConfig::F1,
         ..ApoConfig::default()
     }

@@ -108,7 +108,7 @@ impl Default for ApoConfig {
             baseline_prompt_file: None,
             meta_prompt_dir: None,
             generations: None,
-            children_per_generation: 4,
+            children_per_generation: 1,
             minibatch_size: 3,
             finalists: 1,
             seed: 42,

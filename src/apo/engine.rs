@@ -513,6 +513,7 @@ async fn search(
     let mut pool: Vec<usize> = vec![0];
     let mut seen: BTreeSet<String> = BTreeSet::from([guardrails::normalize(&baseline.text)]);
     let mut merged: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut tried: BTreeSet<(usize, usize, Vec<String>)> = BTreeSet::new();
     let mut duplicates = 0u64;
     let mut best_so_far = variants[0].mean.unwrap_or(0.0);
     let mut stale_generations = 0u32;
@@ -542,17 +543,25 @@ async fn search(
             &variants,
             &pool,
             &merged,
+            &mut tried,
             !exemplars.is_empty(),
             budget.calls_left(),
             full_cost,
         );
         if plans.is_empty() {
             generation -= 1;
-            break format!(
-                "apo.budget.max_llm_calls reached: the {} calls left cannot score another candidate on the {} training examples ({reserved_calls} calls kept for validation)",
-                budget.calls_left(),
-                train.len()
-            );
+            if budget.calls_left() < full_cost + 2 {
+                break format!(
+                    "apo.budget.max_llm_calls reached: the {} calls left cannot score another candidate on the {} training examples ({reserved_calls} calls kept for validation)",
+                    budget.calls_left(),
+                    train.len()
+                );
+            }
+            idle_generations += 1;
+            if idle_generations >= IDLE_GENERATIONS {
+                break idle_reason();
+            }
+            continue;
         }
         progress(ProgressEvent::GenerationStarted {
             generation,
@@ -746,9 +755,7 @@ async fn search(
             );
         }
         if idle_generations >= IDLE_GENERATIONS {
-            break format!(
-                "the operators proposed nothing new to score in {IDLE_GENERATIONS} generations in a row"
-            );
+            break idle_reason();
         }
     };
     progress(ProgressEvent::Stopped {
@@ -926,11 +933,27 @@ async fn search(
 /// the search gives up: every operator keeps reproducing known prompts.
 const IDLE_GENERATIONS: u32 = 20;
 
+fn idle_reason() -> String {
+    format!(
+        "the operators proposed nothing new to score in {IDLE_GENERATIONS} generations in a row"
+    )
+}
+
 /// The best training mean among fully scored candidates.
 fn best_mean(variants: &[Variant], pool: &[usize]) -> f64 {
     pool.iter()
         .filter_map(|idx| variants[*idx].mean)
         .fold(0.0, f64::max)
+}
+
+/// What a rewrite's request depends on besides the parent: the failures a
+/// critique is shown; nothing for a paraphrase.
+fn rewrite_key(operator: &str, minibatch: &[String]) -> Vec<String> {
+    if operator == "critique_edit" {
+        minibatch.to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Rewriter calls an operator makes.
@@ -952,6 +975,7 @@ fn plan_generation(
     variants: &[Variant],
     pool: &[usize],
     merged: &BTreeSet<(usize, usize)>,
+    tried: &mut BTreeSet<(usize, usize, Vec<String>)>,
     have_exemplars: bool,
     calls_left: u64,
     full_cost: u64,
@@ -983,7 +1007,6 @@ fn plan_generation(
         if committed + cost > calls_left {
             break;
         }
-        committed += cost;
         let (parents, minibatch) = match (operator, merge_pair) {
             ("crossover", Some((a, b))) => {
                 pairs_taken.insert((a, b));
@@ -991,11 +1014,24 @@ fn plan_generation(
                 let minibatch = disagreement(&variants[a], &variants[b], cfg.minibatch_size.max(2));
                 (vec![a, b], minibatch)
             }
-            _ => (
-                vec![parent],
-                weakest(&variants[parent], cfg.minibatch_size, rng),
-            ),
+            _ => {
+                // A rewrite is a function of its request: the same parent
+                // and minibatch would get the same (cached) reply, so draw
+                // minibatches this parent has not been rewritten on yet.
+                let Some(minibatch) = (0..8)
+                    .map(|attempt| weakest(&variants[parent], cfg.minibatch_size, attempt > 0, rng))
+                    .find(|minibatch| {
+                        rewriter_calls(operator) == 0
+                            || !tried.contains(&(parent, arm, rewrite_key(operator, minibatch)))
+                    })
+                else {
+                    continue;
+                };
+                tried.insert((parent, arm, rewrite_key(operator, &minibatch)));
+                (vec![parent], minibatch)
+            }
         };
+        committed += cost;
         plans.push(Plan {
             arm,
             parents,
@@ -1060,24 +1096,43 @@ fn disagreement(a: &Variant, b: &Variant, size: usize) -> Vec<String> {
     out
 }
 
-/// The `size` training examples `parent` scores lowest on, ties broken at
-/// random so that equal failures take turns.
-fn weakest(parent: &Variant, size: usize, rng: &mut Rng) -> Vec<String> {
-    let mut ranked: Vec<(f64, u64, &String)> = parent
+/// `size` training examples `parent` does worst on. The first draw (`spread`
+/// false) takes the lowest scores, ties broken at random; later draws pick
+/// each example (without replacement) with probability proportional to how
+/// far its score is below 1, so that the critic is shown other failures once
+/// the weakest have been tried.
+fn weakest(parent: &Variant, size: usize, spread: bool, rng: &mut Rng) -> Vec<String> {
+    let mut pool: Vec<(&String, f64, u64)> = parent
         .scores
         .iter()
-        .map(|(id, score)| (*score, rng.next_u64(), id))
+        .map(|(id, score)| (id, (1.0 - score).max(0.0) + 0.02, rng.next_u64()))
         .collect();
-    ranked.sort_by(|a, b| {
-        a.0.partial_cmp(&b.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-    });
-    ranked
-        .into_iter()
-        .take(size)
-        .map(|(_, _, id)| id.clone())
-        .collect()
+    let mut out = Vec::new();
+    if !spread {
+        pool.sort_by(|a, b| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.2.cmp(&b.2))
+        });
+        out.extend(pool.into_iter().take(size).map(|(id, ..)| id.clone()));
+        out.sort();
+        return out;
+    }
+    while out.len() < size && !pool.is_empty() {
+        let total: f64 = pool.iter().map(|(_, weight, _)| weight).sum();
+        let mut draw = rng.next_f64() * total;
+        let mut pick = pool.len() - 1;
+        for (idx, (_, weight, _)) in pool.iter().enumerate() {
+            if draw < *weight {
+                pick = idx;
+                break;
+            }
+            draw -= weight;
+        }
+        out.push(pool.swap_remove(pick).0.clone());
+    }
+    out.sort();
+    out
 }
 
 /// Runs the planned operator; `None` when it does not apply or its call failed.
