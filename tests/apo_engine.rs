@@ -113,6 +113,7 @@ async fn apo_raises_validation_score_above_baseline_and_writes_outputs() {
         "optimized_reward",
         "improvement_pct",
         "generations",
+        "population_size",
         "validation",
         "decision",
         "llm_calls",

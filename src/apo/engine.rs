@@ -201,6 +201,8 @@ pub struct ApoSummary {
     /// How the examples were split.
     pub split: String,
     pub generations: u32,
+    /// Candidates scored on every training example (the baseline included).
+    pub population_size: usize,
     pub train_examples: usize,
     pub validation_examples: usize,
     pub variants: usize,
@@ -893,6 +895,7 @@ async fn search(
         decision,
         split: dataset.split.clone(),
         generations: generation,
+        population_size: pool.len(),
         train_examples: dataset.train.len(),
         validation_examples: dataset.validation.len(),
         variants: variants.len(),
