@@ -1240,3 +1240,41 @@ fn strengths(a: &Variant, b: &Variant, train: &[&Example]) -> String {
     };
     format!("{}\n\n{}", describe("A", a, b), describe("B", b, a))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(scores: &[f64]) -> Variant {
+        let mut variant = Variant::new(1, "p".into(), "test", 1);
+        variant.scores = scores
+            .iter()
+            .enumerate()
+            .map(|(idx, score)| (format!("e{idx}"), *score))
+            .collect();
+        variant
+    }
+
+    #[test]
+    fn the_first_minibatch_is_the_weakest_and_later_ones_spread() {
+        let parent = variant(&[1.0, 0.2, 0.9, 0.0, 0.5, 1.0]);
+        let mut rng = Rng::new(4);
+        assert_eq!(weakest(&parent, 3, false, &mut rng), ["e1", "e3", "e4"]);
+        let mut seen = BTreeSet::new();
+        for _ in 0..50 {
+            let draw = weakest(&parent, 3, true, &mut rng);
+            assert_eq!(draw.len(), 3);
+            seen.extend(draw);
+        }
+        assert!(seen.contains("e2"), "{seen:?}");
+        assert!(seen.contains("e1") && seen.contains("e3"));
+    }
+
+    #[test]
+    fn a_merge_minibatch_alternates_what_each_parent_got_right() {
+        let a = variant(&[1.0, 1.0, 0.0, 0.5, 0.3]);
+        let b = variant(&[0.0, 0.5, 1.0, 0.5, 0.9]);
+        assert_eq!(disagreement(&a, &b, 3), ["e0", "e2", "e1"]);
+        assert_eq!(disagreement(&a, &b, 10), ["e0", "e2", "e1", "e4"]);
+    }
+}
