@@ -58,7 +58,7 @@ async fn bench() {
                 let started = Instant::now();
                 let outcome = apo::evaluate_all(&evaluator, &support::RACE_PROMPTS, &train).await;
                 walls.push(started.elapsed());
-                assert!(outcome.scores.iter().all(|s| s.len() == train.len()));
+                assert!(outcome.iter().all(|s| s.len() == train.len()));
                 let stats = evaluator.stats();
                 calls = stats.task_calls + stats.judge_calls;
             }

@@ -69,7 +69,6 @@ struct Daemon {
 impl Daemon {
     fn start(dir: &Path, base_url: &str, debounce_millis: u64, apo_min: u64) -> Daemon {
         let port = free_port();
-        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
         fs::create_dir_all(dir.join("traces")).unwrap();
         fs::write(
             dir.join("config.toml"),
@@ -85,20 +84,18 @@ rewriter_model = "rewriter-model"
 judge_model = "judge-model"
 max_concurrency = 4
 [apo]
-baseline_prompt_file = "{prompts}/controller.txt"
-meta_prompt_dir = "{prompts}"
-generations = 50
-population_size = 8
+generations = 200
 patience = 0
 scorer = {{ type = "f1" }}
+[apo.budget]
+max_llm_calls = 100000
 [daemon]
 debounce_millis = {debounce_millis}
 apo_min_new_episodes = {apo_min}
 rl_min_new_decisions = 0
 [api]
 listen = "127.0.0.1:{port}"
-"#,
-                prompts = prompts.display()
+"#
             ),
         )
         .unwrap();
@@ -350,7 +347,10 @@ fn main() {
         "bench",
     )
     .unwrap();
-    for text in ["You are the Controller.", "You are the Controller. Cite the tool result."] {
+    for text in [
+        "You are the Controller.",
+        "You are the Controller. Cite the tool result.",
+    ] {
         registry
             .register_prompt(None, "Controller", text, Default::default())
             .unwrap();

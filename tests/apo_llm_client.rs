@@ -123,18 +123,38 @@ async fn client_errors_are_not_retried() {
     assert_eq!(server.requests(), 1);
 }
 
+/// Regression test for issue 8 (item 10): an endpoint nobody listens on is
+/// given up after a few connection failures in a row, whatever
+/// `max_retries` says, and every later call fails at once naming the URL
+/// and the cause.
 #[tokio::test]
-async fn connection_refused_is_retried_then_reported() {
+async fn unreachable_endpoint_fails_fast_naming_url_and_cause() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let settings = LlmConfig {
         base_url: format!("http://{addr}/v1"),
-        max_retries: 2,
+        max_retries: 10,
         ..LlmConfig::default()
     };
-    let err = fast(settings).chat(&request(Role::Task)).await.unwrap_err();
-    assert_eq!((err.attempts, err.outcome), (3, Outcome::Transport));
+    let llm = fast(settings);
+    let err = llm.chat(&request(Role::Task)).await.unwrap_err();
+    assert_eq!(
+        (err.attempts, err.outcome),
+        (whetstone::llm::MAX_CONNECTION_FAILURES, Outcome::Transport)
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("cannot reach the LLM endpoint http://{addr}/v1")),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("connection refused"),
+        "{message}"
+    );
+    let again = llm.chat(&request(Role::Judge)).await.unwrap_err();
+    assert_eq!(again.attempts, 0);
+    assert_eq!(llm.stats().attempts, 3);
 }
 
 #[tokio::test]

@@ -80,8 +80,10 @@ impl Setup {
         self.dir.path().join("traces")
     }
 
-    fn config(&self, generations: u32, extra: &str) -> String {
-        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    /// The daemon's configuration; `generations` caps APO rounds (else the
+    /// call budget alone does).
+    fn config(&self, generations: Option<u32>, extra: &str) -> String {
+        let generations = generations.map_or(String::new(), |g| format!("generations = {g}\n"));
         format!(
             r#"data_dir = "data"
 
@@ -99,13 +101,11 @@ max_concurrency = 2
 timeout_secs = 10
 
 [apo]
-baseline_prompt_file = "{prompts}/controller.txt"
-meta_prompt_dir = "{prompts}"
-generations = {generations}
-population_size = 4
-top_k = 2
-patience = 0
+{generations}patience = 0
 scorer = {{ type = "f1" }}
+
+[apo.budget]
+max_llm_calls = 150
 
 [daemon]
 poll_interval_secs = 1
@@ -119,7 +119,6 @@ listen = "127.0.0.1:{port}"
 {extra}"#,
             base_url = self.base_url,
             port = self.port,
-            prompts = prompts.display(),
         )
     }
 
@@ -215,7 +214,7 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         base_url: server.base_url(),
     };
     fs::create_dir(setup.traces()).unwrap();
-    setup.write_config(&setup.config(2, ""));
+    setup.write_config(&setup.config(Some(2), ""));
     let mut daemon = setup.start();
     setup
         .wait_for("/v1/status", 30, |s| {
@@ -299,11 +298,11 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
 
     // A valid edit applies from the next round; an invalid one is reported
     // with every problem and the running configuration stays.
-    setup.write_config(&setup.config(1, ""));
+    setup.write_config(&setup.config(Some(1), ""));
     setup
         .wait_for("/v1/status", 30, |s| s["config_reloads"] == 1)
         .await;
-    setup.write_config(&setup.config(1, "\n[rl]\ngamma = 7.0\nclip_coef = -1.0\n"));
+    setup.write_config(&setup.config(Some(1), "\n[rl]\ngamma = 7.0\nclip_coef = -1.0\n"));
     let status = setup
         .wait_for("/v1/status", 30, |s| s["config_reload_errors"] == 1)
         .await;
@@ -313,7 +312,7 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         errors[0].as_str().unwrap().contains("config.toml:"),
         "{status:#}"
     );
-    setup.write_config(&setup.config(1, ""));
+    setup.write_config(&setup.config(Some(1), ""));
 
     // The next round runs with generations = 1. It is slow enough to be
     // killed in the middle.
@@ -415,7 +414,7 @@ async fn daemon_rolls_out_an_apo_winner_stage_by_stage_and_rolls_back_a_breach()
     let registry = "\n[registry]\nmetric = \"success\"\nmin_samples_per_arm = 30\n\
                     rollout_stages = [0.2, 0.5, 1.0]\nauto_rollout = true\n\
                     guardrails = [{ metric = \"safety\", max_drop = 0.05 }]\n";
-    setup.write_config(&setup.config(2, registry));
+    setup.write_config(&setup.config(None, registry));
     let _daemon = setup.start();
     setup
         .wait_for("/v1/status", 30, |s| {
@@ -431,7 +430,7 @@ async fn daemon_rolls_out_an_apo_winner_stage_by_stage_and_rolls_back_a_breach()
         .wait_for("/v1/rounds", 120, |r| succeeded(r, "apo") >= 1)
         .await;
     // No further APO rounds while the agent serves traffic.
-    let no_more_rounds = setup.config(2, registry).replace(
+    let no_more_rounds = setup.config(None, registry).replace(
         "apo_min_new_episodes = 12",
         "apo_min_new_episodes = 0\napo_interval_secs = 0",
     );

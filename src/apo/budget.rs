@@ -1,11 +1,16 @@
-//! Per-run caps on LLM calls and tokens.
+//! Per-run caps on LLM calls and tokens, with a share kept back for the end.
 //!
-//! A call is admitted only while both caps have room, and the call count is
-//! reserved before the request goes out, so concurrent calls can never push
-//! the count past `max_llm_calls`. Tokens are known only after a response, so
-//! the token cap stops new calls once reached. The token check happens once a
-//! call holds one of `max_in_flight` slots, so at most that many calls can
-//! overshoot the token cap.
+//! A call is every HTTP attempt: the first attempt of a request is admitted
+//! before it goes out, and each retry is admitted again, so a flaky endpoint
+//! cannot push the count past `max_llm_calls` and concurrent calls cannot
+//! either. Tokens are known only after a response, so the token cap stops new
+//! calls once reached. The token check happens once a call holds one of
+//! `max_in_flight` slots, so at most that many calls can overshoot the token
+//! cap.
+//!
+//! Part of both caps can be **reserved** (the final validation's share):
+//! while it is, the search sees the caps lowered by the reserve, and
+//! [`Budget::release_reserve`] hands it back for the phase it was kept for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +25,8 @@ pub struct Budget {
     max_tokens: u64,
     calls: AtomicU64,
     tokens: AtomicU64,
+    reserved_calls: AtomicU64,
+    reserved_tokens: AtomicU64,
     in_flight: Semaphore,
 }
 
@@ -40,22 +47,52 @@ impl Budget {
             max_tokens,
             calls: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
+            reserved_calls: AtomicU64::new(0),
+            reserved_tokens: AtomicU64::new(0),
             in_flight: Semaphore::new(max_in_flight.max(1)),
         }
     }
 
-    /// Which cap is reached, if any.
+    /// Keeps `calls` and `tokens` back from everything spent until
+    /// [`release_reserve`](Self::release_reserve).
+    pub fn reserve(&self, calls: u64, tokens: u64) {
+        self.reserved_calls.store(calls, Ordering::SeqCst);
+        self.reserved_tokens.store(tokens, Ordering::SeqCst);
+    }
+
+    /// Makes the reserve spendable.
+    pub fn release_reserve(&self) {
+        self.reserve(0, 0);
+    }
+
+    fn call_cap(&self) -> u64 {
+        self.max_calls
+            .saturating_sub(self.reserved_calls.load(Ordering::SeqCst))
+    }
+
+    fn token_cap(&self) -> u64 {
+        self.max_tokens
+            .saturating_sub(self.reserved_tokens.load(Ordering::SeqCst))
+    }
+
+    /// Which cap is reached (the reserve excluded), if any.
     pub fn exhausted(&self) -> Option<&'static str> {
-        if self.calls.load(Ordering::SeqCst) >= self.max_calls {
+        if self.calls.load(Ordering::SeqCst) >= self.call_cap() {
             Some("apo.budget.max_llm_calls reached")
-        } else if self.tokens.load(Ordering::SeqCst) >= self.max_tokens {
+        } else if self.tokens.load(Ordering::SeqCst) >= self.token_cap() {
             Some("apo.budget.max_tokens reached")
         } else {
             None
         }
     }
 
-    /// Requests admitted so far.
+    /// Calls that can still be made before the cap (the reserve excluded).
+    pub fn calls_left(&self) -> u64 {
+        self.call_cap()
+            .saturating_sub(self.calls.load(Ordering::SeqCst))
+    }
+
+    /// Calls (HTTP attempts) admitted so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
     }
@@ -65,26 +102,30 @@ impl Budget {
         self.tokens.load(Ordering::SeqCst)
     }
 
-    /// Sends `req` if the caps allow, charging its call and tokens.
+    /// Counts one attempt if the call cap has room.
+    fn admit(&self) -> bool {
+        let cap = self.call_cap();
+        self.calls
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |calls| {
+                (calls < cap).then_some(calls + 1)
+            })
+            .is_ok()
+    }
+
+    /// Sends `req` if the caps allow, charging each attempt and the tokens.
     pub async fn chat(&self, llm: &LlmClient, req: &ChatRequest) -> Result<ChatReply, CallError> {
         let _slot = self
             .in_flight
             .acquire()
             .await
             .expect("semaphore never closed");
-        if self.tokens.load(Ordering::SeqCst) >= self.max_tokens {
+        if self.tokens.load(Ordering::SeqCst) >= self.token_cap() {
             return Err(CallError::Budget("apo.budget.max_tokens reached"));
         }
-        let admitted = self
-            .calls
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |calls| {
-                (calls < self.max_calls).then_some(calls + 1)
-            })
-            .is_ok();
-        if !admitted {
+        if !self.admit() {
             return Err(CallError::Budget("apo.budget.max_llm_calls reached"));
         }
-        let reply = llm.chat(req).await?;
+        let reply = llm.chat_gated(req, || self.admit()).await?;
         self.tokens.fetch_add(
             reply.usage.input_tokens + reply.usage.output_tokens,
             Ordering::SeqCst,

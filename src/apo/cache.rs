@@ -4,7 +4,9 @@
 //! parameters hash), so a repeated run, or a later daemon round over the same
 //! episodes, never pays twice for the same replay. The parameters hash covers
 //! everything else that changes the score: temperature, seed, token cap and
-//! the scorer with its judge model and rubric. Rewriter replies are cached
+//! the scorer with its judge model and rubric. The judge's reply (its
+//! feedback, which reflective mutation shows the rewriter) is kept beside the
+//! score in a table of its own, so databases made before it still work. Rewriter replies are cached
 //! too, keyed by the full request text, so a rerun with the same seed makes
 //! the same edits even when the rewriter samples at a temperature above 0:
 //! same seed plus same cached responses, same result. The ledger keeps one row per
@@ -27,6 +29,14 @@ CREATE TABLE IF NOT EXISTS apo_eval_cache (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     created_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (prompt_hash, example_id, model, params_hash)
+);
+CREATE TABLE IF NOT EXISTS apo_eval_feedback (
+    prompt_hash TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    params_hash TEXT NOT NULL,
+    feedback TEXT NOT NULL,
     PRIMARY KEY (prompt_hash, example_id, model, params_hash)
 );
 CREATE TABLE IF NOT EXISTS apo_rewrite_cache (
@@ -71,6 +81,8 @@ pub struct EvalKey {
 pub struct CachedEval {
     pub response: String,
     pub score: f64,
+    /// The judge's reply, when a judge scored the response.
+    pub feedback: Option<String>,
 }
 
 fn now_unix_ms() -> i64 {
@@ -83,13 +95,15 @@ fn now_unix_ms() -> i64 {
 /// Looks up one evaluation.
 pub fn get(conn: &Connection, key: &EvalKey) -> rusqlite::Result<Option<CachedEval>> {
     conn.query_row(
-        "SELECT response, score FROM apo_eval_cache
+        "SELECT response, score, feedback FROM apo_eval_cache
+         LEFT JOIN apo_eval_feedback USING (prompt_hash, example_id, model, params_hash)
          WHERE prompt_hash = ?1 AND example_id = ?2 AND model = ?3 AND params_hash = ?4",
         params![key.prompt_hash, key.example_id, key.model, key.params_hash],
         |row| {
             Ok(CachedEval {
                 response: row.get(0)?,
                 score: row.get(1)?,
+                feedback: row.get(2)?,
             })
         },
     )
@@ -121,6 +135,20 @@ pub fn put(
             now_unix_ms()
         ],
     )?;
+    if let Some(feedback) = &eval.feedback {
+        conn.execute(
+            "INSERT OR REPLACE INTO apo_eval_feedback
+             (prompt_hash, example_id, model, params_hash, feedback)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                key.prompt_hash,
+                key.example_id,
+                key.model,
+                key.params_hash,
+                feedback
+            ],
+        )?;
+    }
     Ok(())
 }
 
@@ -213,9 +241,21 @@ mod tests {
         let eval = CachedEval {
             response: "r".into(),
             score: 0.75,
+            feedback: None,
         };
         put(&conn, &key, &eval, 10, 2).unwrap();
         assert_eq!(get(&conn, &key).unwrap(), Some(eval));
+        let judged = EvalKey {
+            example_id: "t2".into(),
+            ..key.clone()
+        };
+        let eval = CachedEval {
+            response: "r".into(),
+            score: 0.5,
+            feedback: Some("Too long.\nSCORE: 5".into()),
+        };
+        put(&conn, &judged, &eval, 10, 2).unwrap();
+        assert_eq!(get(&conn, &judged).unwrap(), Some(eval));
         let other = EvalKey {
             model: "other".into(),
             ..key

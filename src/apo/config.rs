@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::operators::MetaPrompt;
 use crate::config::{Checker, Invalid};
 
 /// Settings for one APO run.
@@ -13,44 +14,48 @@ use crate::config::{Checker, Invalid};
 pub struct ApoConfig {
     /// Name of the prompt to optimize, as traces record it.
     pub target_prompt: String,
-    /// File holding the baseline text of that prompt.
-    pub baseline_prompt_file: PathBuf,
-    /// Folder holding the meta-prompts (`apo_critique.txt`, ...).
-    pub meta_prompt_dir: PathBuf,
-    /// Generations to run at most.
-    pub generations: u32,
-    /// Candidates evaluated per generation (survivors plus new children).
-    pub population_size: usize,
-    /// Survivors kept from one generation to the next.
-    pub top_k: usize,
+    /// File holding the baseline text of that prompt; unset, the most recent
+    /// text the stored episodes record for it.
+    pub baseline_prompt_file: Option<PathBuf>,
+    /// Folder holding meta-prompt overrides (`apo_critique.txt`, ...); unset,
+    /// the meta-prompts embedded in the binary.
+    pub meta_prompt_dir: Option<PathBuf>,
+    /// Generations to run at most; unset, the budget decides.
+    pub generations: Option<u32>,
+    /// Children proposed (concurrently) per generation.
+    pub children_per_generation: usize,
+    /// Examples a child is first scored on, against its parent's scores there.
+    pub minibatch_size: usize,
+    /// Best candidates (by training score) scored on validation with the baseline.
+    pub finalists: usize,
     /// Seed for every random choice the engine makes.
     pub seed: u64,
-    /// Generations without improvement of the best score before stopping.
+    /// Generations without a better best training score before stopping; 0 never.
     pub patience: u32,
     /// Stop once the best training score reaches this value.
     pub target_score: Option<f64>,
-    /// Share of episodes held out for validation.
+    /// Share of examples held out for validation.
     pub validation_fraction: f64,
     /// Fewest training examples a run accepts.
     pub min_train_examples: usize,
-    /// Fewest validation examples a run accepts.
+    /// Fewest validation examples: the split holds out at least this many.
     pub min_validation_examples: usize,
+    /// File listing the trace ids or inputs to hold out for validation.
+    pub validation_ids_file: Option<PathBuf>,
     /// An episode's output is a reference answer when its reward is at least this.
     pub reference_min_reward: f64,
     /// Budget caps for the whole run.
     pub budget: BudgetConfig,
-    /// Successive-halving settings.
-    pub racing: RacingConfig,
     /// Relative weight of each mutation operator; 0 disables one.
     pub operator_weights: BTreeMap<String, f64>,
-    /// Bandit temperature: lower means operator choice follows credit more greedily.
+    /// Bandit temperature, relative to the best operator's gain per call.
     pub bandit_temperature: f64,
     /// Phrases every candidate must contain.
     pub protected_phrases: Vec<String>,
+    /// Every candidate must keep the baseline's prohibitions (never, do not, ...).
+    pub protect_prohibitions: bool,
     /// Longest candidate accepted, in characters.
     pub max_prompt_chars: usize,
-    /// Keep Pareto-optimal candidates (per-example scores, then length) besides the top-k.
-    pub pareto: bool,
     /// How a replayed response is scored.
     pub scorer: ScorerConfig,
     /// Token cap for each task-model response.
@@ -61,22 +66,11 @@ pub struct ApoConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// LLM requests (all roles, cache hits excluded).
+    /// HTTP attempts to the endpoint (all roles, retries included, cache
+    /// hits excluded).
     pub max_llm_calls: u64,
     /// Input plus output tokens.
     pub max_tokens: u64,
-}
-
-/// Successive halving over growing minibatches of training examples.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RacingConfig {
-    /// Race new candidates instead of evaluating each on every training example.
-    pub enabled: bool,
-    /// Examples in the first rung.
-    pub initial_examples: usize,
-    /// Each rung multiplies the examples and divides the candidates by this.
-    pub reduction_factor: usize,
 }
 
 /// How a replayed response is scored, tagged by `type`.
@@ -85,18 +79,14 @@ pub struct RacingConfig {
 pub enum ScorerConfig {
     /// The judge model rates the response against the reference answer.
     LlmJudge {
-        /// Rubric meta-prompt file, relative to the working directory.
-        #[serde(default = "default_rubric_file")]
-        rubric_file: PathBuf,
+        /// Rubric file overriding the embedded rubric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rubric_file: Option<PathBuf>,
     },
     /// 1 when the normalized response equals the reference, else 0.
     ExactMatch,
     /// Token-level F1 between response and reference.
     F1,
-}
-
-fn default_rubric_file() -> PathBuf {
-    PathBuf::from("prompts/apo_judge.txt")
 }
 
 /// Names of the mutation operators, as `operator_weights` keys.
@@ -115,33 +105,46 @@ impl Default for ApoConfig {
     fn default() -> Self {
         ApoConfig {
             target_prompt: "Controller".to_string(),
-            baseline_prompt_file: PathBuf::from("prompts/controller.txt"),
-            meta_prompt_dir: PathBuf::from("prompts"),
-            generations: 5,
-            population_size: 8,
-            top_k: 3,
+            baseline_prompt_file: None,
+            meta_prompt_dir: None,
+            generations: None,
+            children_per_generation: 1,
+            minibatch_size: 3,
+            finalists: 1,
             seed: 42,
-            patience: 2,
+            patience: 0,
             target_score: None,
             validation_fraction: 0.3,
             min_train_examples: 4,
-            min_validation_examples: 2,
+            min_validation_examples: 5,
+            validation_ids_file: None,
             reference_min_reward: 0.5,
             budget: BudgetConfig::default(),
-            racing: RacingConfig::default(),
             operator_weights: OPERATOR_NAMES
                 .iter()
-                .map(|name| (name.to_string(), 1.0))
+                .map(|name| (name.to_string(), default_weight(name)))
                 .collect(),
-            bandit_temperature: 0.1,
+            bandit_temperature: 0.5,
             protected_phrases: Vec::new(),
+            protect_prohibitions: true,
             max_prompt_chars: 8000,
-            pareto: false,
-            scorer: ScorerConfig::LlmJudge {
-                rubric_file: default_rubric_file(),
-            },
+            scorer: ScorerConfig::LlmJudge { rubric_file: None },
             max_response_tokens: 512,
         }
+    }
+}
+
+/// Prior weight of an operator. Reflection (critique then edit) is what
+/// finds missing instructions, so it is drawn most; merging combines what
+/// reflection found on different examples; the cheap heuristic edits rarely
+/// help a capable task model and start with half a share. The bandit then
+/// moves choice toward whatever gains most per call.
+fn default_weight(operator: &str) -> f64 {
+    match operator {
+        "critique_edit" => 6.0,
+        "crossover" => 2.0,
+        "paraphrase" => 1.0,
+        _ => 0.5,
     }
 }
 
@@ -154,18 +157,8 @@ impl Default for BudgetConfig {
     }
 }
 
-impl Default for RacingConfig {
-    fn default() -> Self {
-        RacingConfig {
-            enabled: true,
-            initial_examples: 2,
-            reduction_factor: 2,
-        }
-    }
-}
-
 impl ApoConfig {
-    /// Every out-of-range value, by full key path (`apo.top_k`, ...).
+    /// Every out-of-range value, by full key path (`apo.finalists`, ...).
     pub fn validate(&self) -> Vec<Invalid> {
         let mut check = Checker::default();
         check.section("apo", |check| self.check(check));
@@ -175,19 +168,21 @@ impl ApoConfig {
     /// Reports out-of-range values into `check`, keys relative to `[apo]`.
     pub fn check(&self, check: &mut Checker) {
         check.not_empty("target_prompt", &self.target_prompt);
-        check.not_empty_path("baseline_prompt_file", &self.baseline_prompt_file);
-        check.not_empty_path("meta_prompt_dir", &self.meta_prompt_dir);
-        check.at_least("generations", self.generations, 1);
-        check.at_least("top_k", self.top_k, 1);
-        if self.population_size <= self.top_k {
-            check.fail(
-                "population_size",
-                format!(
-                    "must be greater than top_k ({}), got {}",
-                    self.top_k, self.population_size
-                ),
-            );
+        for (key, path) in [
+            ("baseline_prompt_file", &self.baseline_prompt_file),
+            ("meta_prompt_dir", &self.meta_prompt_dir),
+            ("validation_ids_file", &self.validation_ids_file),
+        ] {
+            if let Some(path) = path {
+                check.not_empty_path(key, path);
+            }
         }
+        if let Some(generations) = self.generations {
+            check.at_least("generations", generations, 1);
+        }
+        check.at_least("children_per_generation", self.children_per_generation, 1);
+        check.at_least("minibatch_size", self.minibatch_size, 1);
+        check.at_least("finalists", self.finalists, 1);
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             check.fail(
                 "validation_fraction",
@@ -207,10 +202,6 @@ impl ApoConfig {
         check.section("budget", |check| {
             check.at_least("max_llm_calls", self.budget.max_llm_calls, 1);
             check.at_least("max_tokens", self.budget.max_tokens, 1);
-        });
-        check.section("racing", |check| {
-            check.at_least("initial_examples", self.racing.initial_examples, 1);
-            check.at_least("reduction_factor", self.racing.reduction_factor, 2);
         });
         check.section("operator_weights", |check| {
             for (name, weight) in &self.operator_weights {
@@ -240,7 +231,10 @@ impl ApoConfig {
         if let Some(target) = self.target_score {
             check.in_range("target_score", target, f64::MIN..=f64::MAX);
         }
-        if let ScorerConfig::LlmJudge { rubric_file } = &self.scorer {
+        if let ScorerConfig::LlmJudge {
+            rubric_file: Some(rubric_file),
+        } = &self.scorer
+        {
             check.section("scorer", |check| {
                 check.not_empty_path("rubric_file", rubric_file)
             });
@@ -249,10 +243,77 @@ impl ApoConfig {
 
     /// Makes relative file paths absolute by joining them onto `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        self.baseline_prompt_file = base.join(&self.baseline_prompt_file);
-        self.meta_prompt_dir = base.join(&self.meta_prompt_dir);
-        if let ScorerConfig::LlmJudge { rubric_file } = &mut self.scorer {
+        let paths = [
+            &mut self.baseline_prompt_file,
+            &mut self.meta_prompt_dir,
+            &mut self.validation_ids_file,
+        ];
+        for path in paths.into_iter().flatten() {
+            *path = base.join(&*path);
+        }
+        if let ScorerConfig::LlmJudge {
+            rubric_file: Some(rubric_file),
+        } = &mut self.scorer
+        {
             *rubric_file = base.join(&*rubric_file);
+        }
+    }
+
+    /// Every problem with the files this section names (baseline, meta-prompt
+    /// overrides, rubric, validation ids), all of them at once, by key. Call
+    /// it once paths are resolved.
+    pub fn check_files(&self) -> Vec<Invalid> {
+        let mut check = Checker::default();
+        check.section("apo", |check| {
+            if let Some(path) = &self.baseline_prompt_file
+                && let Some(text) = read_named(check, "baseline_prompt_file", path)
+                && text.trim().is_empty()
+            {
+                check.fail(
+                    "baseline_prompt_file",
+                    format!("{} is empty", path.display()),
+                );
+            }
+            if let Some(path) = &self.validation_ids_file {
+                read_named(check, "validation_ids_file", path);
+            }
+            if let Some(dir) = &self.meta_prompt_dir {
+                for meta in MetaPrompt::OPERATORS {
+                    let path = dir.join(meta.file_name());
+                    if let Some(text) = read_named(check, "meta_prompt_dir", &path) {
+                        for placeholder in meta.missing_placeholders(&text) {
+                            check.fail(
+                                "meta_prompt_dir",
+                                format!("{} lacks the placeholder {placeholder}", path.display()),
+                            );
+                        }
+                    }
+                }
+            }
+            if let ScorerConfig::LlmJudge {
+                rubric_file: Some(path),
+            } = &self.scorer
+                && let Some(text) = read_named(check, "scorer.rubric_file", path)
+            {
+                for placeholder in MetaPrompt::Rubric.missing_placeholders(&text) {
+                    check.fail(
+                        "scorer.rubric_file",
+                        format!("{} lacks the placeholder {placeholder}", path.display()),
+                    );
+                }
+            }
+        });
+        check.finish()
+    }
+}
+
+/// Reads the file a setting names, reporting it under `key` when unreadable.
+fn read_named(check: &mut Checker, key: &str, path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(err) => {
+            check.fail(key, format!("cannot read {}: {err}", path.display()));
+            None
         }
     }
 }
@@ -266,7 +327,8 @@ mod tests {
         let cfg: ApoConfig = toml::from_str("").unwrap();
         assert_eq!(cfg, ApoConfig::default());
         assert!(cfg.validate().is_empty());
-        assert_eq!(cfg.top_k, 3);
+        assert!(cfg.check_files().is_empty());
+        assert_eq!(cfg.baseline_prompt_file, None);
         assert_eq!(cfg.target_prompt, "Controller");
     }
 
@@ -280,7 +342,7 @@ mod tests {
     #[test]
     fn validate_names_every_bad_key() {
         let mut cfg = ApoConfig {
-            top_k: 0,
+            finalists: 0,
             validation_fraction: 1.5,
             ..ApoConfig::default()
         };
@@ -291,8 +353,49 @@ mod tests {
             .map(|invalid| invalid.key)
             .collect();
         let errors = errors.join("\n");
-        assert!(errors.contains("apo.top_k"), "{errors}");
+        assert!(errors.contains("apo.finalists"), "{errors}");
         assert!(errors.contains("apo.validation_fraction"), "{errors}");
         assert!(errors.contains("apo.operator_weights.teleport"), "{errors}");
+    }
+
+    /// Regression test for issue 8: every file the section names is checked,
+    /// and every problem is reported in one pass.
+    #[test]
+    fn check_files_reports_every_missing_or_broken_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("apo_critique.txt"), "no placeholders").unwrap();
+        let cfg = ApoConfig {
+            baseline_prompt_file: Some(dir.path().join("missing_baseline.txt")),
+            meta_prompt_dir: Some(dir.path().to_path_buf()),
+            validation_ids_file: Some(dir.path().join("missing_ids.txt")),
+            scorer: ScorerConfig::LlmJudge {
+                rubric_file: Some(dir.path().join("missing_rubric.txt")),
+            },
+            ..ApoConfig::default()
+        };
+        let problems: Vec<String> = cfg
+            .check_files()
+            .into_iter()
+            .map(|invalid| format!("{}: {}", invalid.key, invalid.message))
+            .collect();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("apo.baseline_prompt_file: cannot read"),
+            "{all}"
+        );
+        assert!(all.contains("missing_baseline.txt"), "{all}");
+        assert!(
+            all.contains("apo.validation_ids_file: cannot read"),
+            "{all}"
+        );
+        assert!(all.contains("apo.scorer.rubric_file: cannot read"), "{all}");
+        assert!(
+            all.contains("apo_critique.txt lacks the placeholder {{prompt}}"),
+            "{all}"
+        );
+        for missing in ["apo_edit.txt", "apo_paraphrase.txt", "apo_crossover.txt"] {
+            assert!(all.contains(missing), "{all}");
+        }
+        assert_eq!(problems.len(), 8, "{all}");
     }
 }

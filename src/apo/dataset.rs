@@ -2,11 +2,20 @@
 //!
 //! An example is what replay needs: the task messages the agent's model saw
 //! (without its system prompt, which is what we vary), the answer the agent
-//! gave when that answer earned a good reward, and the reward itself. The
-//! train/validation split hashes the trace id, so an episode stays on the same
-//! side however many episodes arrive later and in whatever order.
+//! gave when that answer earned a good reward, and the reward itself.
+//!
+//! The validation side of the split is what decides whether a candidate
+//! beats the baseline, so it must be large enough and cover every kind of
+//! task. It holds `max(validation_fraction × n, min_validation)` examples
+//! (leaving at least `min_train` for training), **stratified** by the tools
+//! the episode used: each kind of episode with two or more examples gets at
+//! least one validation example, the rest go out in proportion to the kinds'
+//! sizes. Within a kind, the examples with the lowest hash of their trace id
+//! are held out, so the split depends only on the set of episodes, never on
+//! their order. The user can pin the validation side instead: a file listing
+//! trace ids or inputs, one per line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
@@ -25,6 +34,8 @@ pub struct Example {
     pub reference: Option<String>,
     /// Mean of the episode's final rewards, if it has any.
     pub reward: Option<f64>,
+    /// The kind of episode, for stratification: the tools it used, sorted.
+    pub stratum: String,
 }
 
 /// Examples for one prompt, split for training and validation.
@@ -32,6 +43,8 @@ pub struct Example {
 pub struct Dataset {
     pub train: Vec<Example>,
     pub validation: Vec<Example>,
+    /// How the split was made, for the summary.
+    pub split: String,
 }
 
 /// How to build a [`Dataset`].
@@ -42,6 +55,8 @@ pub struct DatasetSpec<'a> {
     pub validation_fraction: f64,
     pub min_train: usize,
     pub min_validation: usize,
+    /// Trace ids or inputs to hold out for validation, when the user pins them.
+    pub pinned: Option<&'a [String]>,
     /// Output of an episode with at least this reward is a reference answer.
     pub reference_min_reward: f64,
     /// Drop examples without a reference (the exact/F1 scorers need one).
@@ -57,10 +72,7 @@ impl Dataset {
         let mut seen = BTreeSet::new();
         let mut matching = 0usize;
         let mut unusable = 0usize;
-        let mut dataset = Dataset {
-            train: Vec::new(),
-            validation: Vec::new(),
-        };
+        let mut examples = Vec::new();
         for episode in episodes {
             if episode.prompt.name.as_deref() != Some(spec.prompt_name) {
                 continue;
@@ -77,7 +89,25 @@ impl Dataset {
                 unusable += 1;
                 continue;
             }
-            if split_point(&example.id) < spec.validation_fraction {
+            examples.push(example);
+        }
+        let n = examples.len();
+        let (held_out, split) = match spec.pinned {
+            Some(pinned) => pinned_split(&examples, pinned)?,
+            None => {
+                let wanted = ((spec.validation_fraction * n as f64).round() as usize)
+                    .max(spec.min_validation)
+                    .min(n.saturating_sub(spec.min_train));
+                stratified_split(&examples, wanted)
+            }
+        };
+        let mut dataset = Dataset {
+            train: Vec::new(),
+            validation: Vec::new(),
+            split,
+        };
+        for (idx, example) in examples.into_iter().enumerate() {
+            if held_out.contains(&idx) {
                 dataset.validation.push(example);
             } else {
                 dataset.train.push(example);
@@ -93,12 +123,13 @@ impl Dataset {
             };
             anyhow::bail!(
                 "too little data for prompt `{}`: {} episodes carry it, {} unusable{}; \
-                 the split gave {} training and {} validation examples, \
+                 the split ({}) gave {} training and {} validation examples, \
                  need at least {} (apo.min_train_examples) and {} (apo.min_validation_examples)",
                 spec.prompt_name,
                 matching,
                 unusable,
                 reference_note,
+                dataset.split,
                 dataset.train.len(),
                 dataset.validation.len(),
                 spec.min_train,
@@ -107,6 +138,110 @@ impl Dataset {
         }
         Ok(dataset)
     }
+}
+
+/// Indices of the examples a pinned list holds out, by trace id or input.
+fn pinned_split(
+    examples: &[Example],
+    pinned: &[String],
+) -> anyhow::Result<(BTreeSet<usize>, String)> {
+    let keys: BTreeSet<&str> = pinned
+        .iter()
+        .map(|line| line.trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    let held_out: BTreeSet<usize> = examples
+        .iter()
+        .enumerate()
+        .filter(|(_, example)| {
+            keys.contains(example.id.as_str()) || keys.contains(example.input.trim())
+        })
+        .map(|(idx, _)| idx)
+        .collect();
+    if held_out.is_empty() && !keys.is_empty() {
+        anyhow::bail!(
+            "none of the {} entries of apo.validation_ids_file is the trace id or input of an example",
+            keys.len()
+        );
+    }
+    let split = format!(
+        "pinned by apo.validation_ids_file: {} of its {} entries matched",
+        held_out.len(),
+        keys.len()
+    );
+    Ok((held_out, split))
+}
+
+/// Indices of `wanted` examples held out, stratified by kind (module docs).
+fn stratified_split(examples: &[Example], wanted: usize) -> (BTreeSet<usize>, String) {
+    let mut strata: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (idx, example) in examples.iter().enumerate() {
+        strata
+            .entry(example.stratum.as_str())
+            .or_default()
+            .push(idx);
+    }
+    for members in strata.values_mut() {
+        members.sort_by(|a, b| {
+            split_point(&examples[*a].id)
+                .partial_cmp(&split_point(&examples[*b].id))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(examples[*a].id.cmp(&examples[*b].id))
+        });
+    }
+    let kinds: Vec<(&str, Vec<usize>)> = strata.into_iter().collect();
+    let n = examples.len().max(1);
+    let mut taken = vec![0usize; kinds.len()];
+    // Every kind with two or more examples first gets one, largest kinds
+    // first; then the slots go where the proportional share is most behind.
+    let mut by_size: Vec<usize> = (0..kinds.len())
+        .filter(|k| kinds[*k].1.len() >= 2)
+        .collect();
+    by_size.sort_by_key(|k| std::cmp::Reverse(kinds[*k].1.len()));
+    let mut left = wanted;
+    for kind in by_size {
+        if left == 0 {
+            break;
+        }
+        taken[kind] = 1;
+        left -= 1;
+    }
+    for pass_keeps_one in [true, false] {
+        while left > 0 {
+            let room = |k: usize| {
+                let size = kinds[k].1.len();
+                let cap = if pass_keeps_one {
+                    size.saturating_sub(1)
+                } else {
+                    size
+                };
+                taken[k] < cap
+            };
+            let behind =
+                |k: usize| kinds[k].1.len() as f64 * wanted as f64 / n as f64 - taken[k] as f64;
+            let Some(kind) = (0..kinds.len()).filter(|k| room(*k)).max_by(|a, b| {
+                behind(*a)
+                    .partial_cmp(&behind(*b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(b.cmp(a))
+            }) else {
+                break;
+            };
+            taken[kind] += 1;
+            left -= 1;
+        }
+    }
+    let held_out = kinds
+        .iter()
+        .zip(&taken)
+        .flat_map(|((_, members), count)| members[..*count].iter().copied())
+        .collect();
+    let split = format!(
+        "{wanted} of {} held out, stratified over {} kind(s) of episode by tools used",
+        examples.len(),
+        kinds.len()
+    );
+    (held_out, split)
 }
 
 /// Position of a trace id in `[0, 1)`, fixed by its hash.
@@ -155,12 +290,24 @@ fn example_from(episode: &Episode, reference_min_reward: f64) -> Option<Example>
         .find_map(|call| call.output_text.clone())
         .filter(|text| !text.trim().is_empty())
         .filter(|_| reward.is_some_and(|reward| reward >= reference_min_reward));
+    let tools: BTreeSet<&str> = episode
+        .steps
+        .iter()
+        .filter(|step| step.kind == StepKind::Tool)
+        .map(|step| step.name.as_str())
+        .chain(
+            llm_steps
+                .iter()
+                .flat_map(|call| call.tool_calls.iter().map(|call| call.name.as_str())),
+        )
+        .collect();
     Some(Example {
         id: episode.trace_id.clone(),
         messages,
         input,
         reference,
         reward,
+        stratum: tools.into_iter().collect::<Vec<_>>().join(","),
     })
 }
 
@@ -213,30 +360,114 @@ mod tests {
             validation_fraction: 0.3,
             min_train: 1,
             min_validation: 1,
+            pinned: None,
             reference_min_reward: 0.5,
             require_reference,
         }
     }
 
+    /// An episode that called `tool`.
+    fn with_tool(id: &str, tool: &str) -> Episode {
+        let mut episode = episode(id, "Controller", 1.0);
+        episode.steps.push(Step {
+            kind: StepKind::Tool,
+            name: tool.to_string(),
+            error: false,
+            error_message: None,
+            start_time_unix_nano: None,
+            duration_ms: None,
+            rewards: BTreeMap::new(),
+            llm: None,
+            tool: None,
+        });
+        episode
+    }
+
+    /// Regression test for issue 8: 13 episodes gave 3 validation examples,
+    /// some kinds of task none. Now validation has its minimum size and
+    /// every kind with two or more episodes is in it.
     #[test]
-    fn split_is_by_trace_id_whatever_the_order_and_other_episodes() {
+    fn split_has_a_minimum_size_and_covers_every_kind_of_episode() {
+        let tools = [
+            "weather",
+            "orders",
+            "docs",
+            "calculator",
+            "weather",
+            "orders",
+        ];
+        let episodes: Vec<Episode> = (0..13)
+            .map(|idx| with_tool(&format!("t{idx}"), tools[idx % tools.len()]))
+            .collect();
+        let spec = DatasetSpec {
+            min_validation: 5,
+            min_train: 4,
+            ..spec(false)
+        };
+        let data = Dataset::build(&episodes, &spec).unwrap();
+        assert_eq!((data.train.len(), data.validation.len()), (8, 5));
+        let kinds: BTreeSet<&str> = data.validation.iter().map(|e| e.stratum.as_str()).collect();
+        assert_eq!(kinds.len(), 4, "{:?}", data.validation);
+        assert!(
+            data.split.contains("stratified over 4 kind(s)"),
+            "{}",
+            data.split
+        );
+        // The order of the episodes does not matter.
+        let mut reversed = episodes.clone();
+        reversed.reverse();
+        assert_eq!(Dataset::build(&reversed, &spec).unwrap(), data);
+    }
+
+    #[test]
+    fn validation_can_be_pinned_by_trace_id_or_input() {
+        let episodes: Vec<Episode> = (0..10)
+            .map(|idx| episode(&format!("t{idx}"), "Controller", 1.0))
+            .collect();
+        let pinned = vec![
+            "t3".to_string(),
+            "question t7".to_string(),
+            "# comment".to_string(),
+        ];
+        let data = Dataset::build(
+            &episodes,
+            &DatasetSpec {
+                pinned: Some(&pinned),
+                ..spec(false)
+            },
+        )
+        .unwrap();
+        let ids: Vec<&str> = data.validation.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["t3", "t7"]);
+        assert!(
+            data.split.contains("2 of its 2 entries matched"),
+            "{}",
+            data.split
+        );
+        let nothing = vec!["nope".to_string()];
+        let err = Dataset::build(
+            &episodes,
+            &DatasetSpec {
+                pinned: Some(&nothing),
+                ..spec(false)
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("apo.validation_ids_file"), "{err}");
+    }
+
+    #[test]
+    fn split_takes_the_configured_share_whatever_the_order_and_other_episodes() {
         let episodes: Vec<Episode> = (0..40)
             .map(|idx| episode(&format!("t{idx}"), "Controller", 1.0))
             .collect();
         let all = Dataset::build(&episodes, &spec(false)).unwrap();
+        assert_eq!(all.validation.len(), 12);
         let mut shuffled = episodes.clone();
         shuffled.reverse();
-        shuffled.truncate(30);
         shuffled.push(episode("other", "Summarizer", 1.0));
-        let part = Dataset::build(&shuffled, &spec(false)).unwrap();
-        for example in &part.validation {
-            assert!(all.validation.iter().any(|e| e.id == example.id));
-        }
-        for example in &part.train {
-            assert!(all.train.iter().any(|e| e.id == example.id));
-        }
-        let share = all.validation.len() as f64 / 40.0;
-        assert!((0.1..0.5).contains(&share), "{share}");
+        assert_eq!(Dataset::build(&shuffled, &spec(false)).unwrap(), all);
     }
 
     #[test]

@@ -39,6 +39,40 @@ pub struct ExampleScore {
     pub score: f64,
     /// The task model's response.
     pub response: String,
+    /// The judge's reply, when a judge scored the response.
+    pub feedback: Option<String>,
+    /// Calls (HTTP attempts) paid for this score; 0 when it came from the cache.
+    pub paid_calls: u64,
+}
+
+/// Per candidate, the scores of the examples it could be scored on.
+pub type Scores = Vec<Vec<ExampleScore>>;
+
+/// Mean of the scores, `None` when there are none.
+pub fn mean(scores: &[ExampleScore]) -> Option<f64> {
+    (!scores.is_empty())
+        .then(|| scores.iter().map(|score| score.score).sum::<f64>() / scores.len() as f64)
+}
+
+/// Evaluates every prompt on every example, concurrently; per prompt, the
+/// scores it got (failed or unpaid pairs are missing).
+pub async fn evaluate_all(
+    evaluator: &Evaluator<'_>,
+    prompts: &[&str],
+    examples: &[&Example],
+) -> Scores {
+    let pairs: Vec<(&str, &Example)> = prompts
+        .iter()
+        .flat_map(|prompt| examples.iter().map(move |example| (*prompt, *example)))
+        .collect();
+    let results = evaluator.evaluate(&pairs).await;
+    let mut scores = vec![Vec::new(); prompts.len()];
+    for (idx, result) in results.into_iter().enumerate() {
+        if let Some(score) = result {
+            scores[idx / examples.len().max(1)].push(score);
+        }
+    }
+    scores
 }
 
 /// Counters over all evaluations of a run.
@@ -136,6 +170,8 @@ impl<'a> Evaluator<'a> {
                         example_id: key.example_id.clone(),
                         score: hit.score,
                         response: hit.response,
+                        feedback: hit.feedback,
+                        paid_calls: 0,
                     });
                 }
                 Ok(None) => misses.push(idx),
@@ -160,6 +196,7 @@ impl<'a> Evaluator<'a> {
                 let cached = CachedEval {
                     response: score.response.clone(),
                     score: score.score,
+                    feedback: score.feedback.clone(),
                 };
                 if let Err(err) = cache::put(
                     self.conn,
@@ -188,7 +225,10 @@ impl<'a> Evaluator<'a> {
             if results[idx].is_none()
                 && let Some(first) = unique.iter().find(|other| keys[**other] == keys[idx])
             {
-                results[idx] = results[*first].clone();
+                results[idx] = results[*first].clone().map(|score| ExampleScore {
+                    paid_calls: 0,
+                    ..score
+                });
             }
         }
         results
@@ -215,6 +255,8 @@ impl<'a> Evaluator<'a> {
             Err(CallError::Llm(err)) => return PairResult::Failed(err.to_string()),
         };
         let mut usage = reply.usage;
+        let mut paid_calls = u64::from(reply.attempts);
+        let mut feedback = None;
         let reference = example.reference.as_deref();
         let score = match &self.scorer {
             Scorer::ExactMatch => match reference {
@@ -251,8 +293,12 @@ impl<'a> Evaluator<'a> {
                     Err(CallError::Llm(err)) => return PairResult::Failed(err.to_string()),
                 };
                 usage.add(verdict.usage);
+                paid_calls += u64::from(verdict.attempts);
                 match parse_judge_score(&verdict.text) {
-                    Some(score) => score,
+                    Some(score) => {
+                        feedback = Some(verdict.text);
+                        score
+                    }
                     None => {
                         return PairResult::Failed(format!(
                             "judge reply has no `SCORE: <0-10>`: {:.120}",
@@ -267,6 +313,8 @@ impl<'a> Evaluator<'a> {
                 example_id: example.id.clone(),
                 score,
                 response: reply.text,
+                feedback,
+                paid_calls,
             },
             usage,
         )

@@ -15,20 +15,20 @@ mod guardrails;
 mod mutate;
 mod operators;
 mod output;
-mod race;
 mod select;
 
 pub use crate::rng::Rng;
 pub use bandit::{ArmStats, Bandit};
 pub use budget::{Budget, CallError};
-pub use config::{ApoConfig, BudgetConfig, OPERATOR_NAMES, RacingConfig, ScorerConfig};
+pub use config::{ApoConfig, BudgetConfig, OPERATOR_NAMES, ScorerConfig};
 pub use dataset::{Dataset, DatasetSpec, Example};
 pub use engine::{
     ApoSummary, GenerationReport, OperatorReport, ProgressEvent, Variant, VariantStatus, run,
 };
-pub use evaluate::{EvalStats, Evaluator, ExampleScore, Scorer, exact_match, token_f1};
+pub use evaluate::{
+    EvalStats, Evaluator, ExampleScore, Scorer, Scores, evaluate_all, exact_match, mean, token_f1,
+};
 pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
-pub use operators::{MetaPrompts, Rewriter, extract_prompt};
-pub use race::{RaceOutcome, evaluate_all, mean, race};
-pub use select::{Contender, select};
+pub use operators::{MetaPrompt, MetaPrompts, Rewrite, Rewriter, extract_prompt};
+pub use select::{Paired, ScoreMap, dominates, frontier};

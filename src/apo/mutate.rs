@@ -318,19 +318,46 @@ pub fn add_example(prompt: &str, input: &str, output: &str) -> Option<String> {
     ))
 }
 
-/// Drops one instruction: a list item when a list has two or more, else a
-/// sentence of a paragraph with two or more.
-pub fn simplify(prompt: &str, rng: &mut Rng) -> Option<String> {
+/// Drops one instruction that `is_protected` does not protect: a list item
+/// when a list has two or more, else a sentence of a paragraph with two or
+/// more. `None` when every droppable instruction is protected.
+pub fn simplify(
+    prompt: &str,
+    rng: &mut Rng,
+    is_protected: impl Fn(&str) -> bool,
+) -> Option<String> {
     let mut lines = parse(prompt);
-    let groups = lists_with(&lines, 2);
-    if !groups.is_empty() {
-        let group = &groups[rng.below(groups.len())];
-        lines.remove(group[rng.below(group.len())]);
+    let items: Vec<usize> = lists_with(&lines, 2)
+        .into_iter()
+        .flatten()
+        .filter(|idx| match &lines[*idx] {
+            Line::Numbered { text, .. } | Line::Bullet { text, .. } => !is_protected(text),
+            _ => false,
+        })
+        .collect();
+    if !items.is_empty() {
+        lines.remove(items[rng.below(items.len())]);
         return Some(render(&lines));
     }
-    edit_paragraph(lines, rng, |parts, rng| {
-        parts.remove(rng.below(parts.len()));
-    })
+    let paragraphs: Vec<usize> = paragraphs_with(&lines, 2)
+        .into_iter()
+        .filter(|idx| {
+            matches!(&lines[*idx], Line::Text(text)
+                if sentences(text).iter().any(|sentence| !is_protected(sentence)))
+        })
+        .collect();
+    let target = *paragraphs.get(rng.below(paragraphs.len().max(1)))?;
+    let Line::Text(text) = &lines[target] else {
+        return None;
+    };
+    let mut parts = sentences(text);
+    let droppable: Vec<usize> = (0..parts.len())
+        .filter(|idx| !is_protected(&parts[*idx]))
+        .collect();
+    parts.remove(droppable[rng.below(droppable.len())]);
+    let indent = &text[..text.len() - text.trim_start().len()];
+    lines[target] = Line::Text(format!("{indent}{}", parts.join(" ")));
+    Some(render(&lines))
 }
 
 /// Applies `edit` to the sentences of a random paragraph that has at least
@@ -402,12 +429,44 @@ mod tests {
 
     #[test]
     fn simplify_drops_one_item_and_renumbers() {
-        let out = simplify("1. A.\n2. B.\n3. C.", &mut Rng::new(5)).unwrap();
+        let out = simplify("1. A.\n2. B.\n3. C.", &mut Rng::new(5), |_| false).unwrap();
         assert_eq!(out.lines().count(), 2);
         assert_eq!(numbers(&out), ["1", "2"]);
-        let prose = simplify(PROSE, &mut Rng::new(5)).unwrap();
+        let prose = simplify(PROSE, &mut Rng::new(5), |_| false).unwrap();
         assert_eq!(sentences(&prose).len(), 2);
-        assert_eq!(simplify("Only one rule.", &mut Rng::new(5)), None);
+        assert_eq!(
+            simplify("Only one rule.", &mut Rng::new(5), |_| false),
+            None
+        );
+    }
+
+    /// Regression test for issue 8: simplify never deletes a protected
+    /// instruction (the engine protects the baseline's prohibitions).
+    #[test]
+    fn simplify_never_drops_a_protected_instruction() {
+        let protected = |text: &str| text.contains("Never") || text.contains("Do not");
+        for seed in 0..50 {
+            let out = simplify(LISTED, &mut Rng::new(seed), protected).unwrap();
+            assert!(
+                out.contains("3. Never share secrets.") || out.contains("2. Never share secrets."),
+                "{out}"
+            );
+            let prose = simplify(
+                "Be brief. Do not guess. Never lie.",
+                &mut Rng::new(seed),
+                protected,
+            )
+            .unwrap();
+            assert_eq!(prose, "Do not guess. Never lie.");
+        }
+        assert_eq!(
+            simplify(
+                "1. Never lie.\n2. Do not guess.",
+                &mut Rng::new(1),
+                protected
+            ),
+            None
+        );
     }
 
     #[test]
@@ -438,8 +497,8 @@ mod tests {
     fn operators_are_deterministic_under_a_seed() {
         for seed in 0..10 {
             assert_eq!(
-                simplify(LISTED, &mut Rng::new(seed)),
-                simplify(LISTED, &mut Rng::new(seed))
+                simplify(LISTED, &mut Rng::new(seed), |_| false),
+                simplify(LISTED, &mut Rng::new(seed), |_| false)
             );
             assert_eq!(
                 add_constraint(LISTED, &mut Rng::new(seed)),
@@ -465,7 +524,7 @@ mod shipped_prompt_tests {
                 add_emphasis(prompt, &mut Rng::new(seed)),
                 add_constraint(prompt, &mut Rng::new(seed)),
                 reorder_instructions(prompt, &mut Rng::new(seed)),
-                simplify(prompt, &mut Rng::new(seed)),
+                simplify(prompt, &mut Rng::new(seed), |_| false),
                 add_example(prompt, "What is 2+2?", "4"),
             ];
             for out in outputs {

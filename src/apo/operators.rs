@@ -6,11 +6,13 @@
 //! - paraphrase: same instructions, new wording.
 //! - crossover: combine two parents (EvoPrompt).
 //!
-//! The meta-prompts are editable files in `prompts/`; placeholders are
-//! written `{{name}}` so they never clash with the target prompt's own
-//! `{placeholders}`. The rewriter is asked to wrap its prompt in
-//! `<prompt>...</prompt>`; without the tags the whole reply is taken.
-//! Replies are cached in the store by request, model and sampling settings.
+//! The meta-prompts and the judge rubric are embedded in the binary (the
+//! files in `prompts/`); `apo.meta_prompt_dir` and `apo.scorer.rubric_file`
+//! may point to overrides. Placeholders are written `{{name}}` so they never
+//! clash with the target prompt's own `{placeholders}`. The rewriter is asked
+//! to wrap its prompt in `<prompt>...</prompt>`; without the tags the whole
+//! reply is taken. Replies are cached in the store by request, model and
+//! sampling settings.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -23,7 +25,87 @@ use super::cache;
 use crate::llm::{ChatRequest, LlmClient, Role};
 use crate::trace::Message;
 
-/// The meta-prompt templates, loaded from disk.
+/// One template the engine fills in: an operator's meta-prompt or the rubric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaPrompt {
+    Critique,
+    Edit,
+    Paraphrase,
+    Crossover,
+    Rubric,
+}
+
+impl MetaPrompt {
+    /// The operators' meta-prompts, the files `apo.meta_prompt_dir` holds.
+    pub const OPERATORS: [MetaPrompt; 4] = [
+        MetaPrompt::Critique,
+        MetaPrompt::Edit,
+        MetaPrompt::Paraphrase,
+        MetaPrompt::Crossover,
+    ];
+
+    /// File name of the template, in `prompts/` and in override folders.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            MetaPrompt::Critique => "apo_critique.txt",
+            MetaPrompt::Edit => "apo_edit.txt",
+            MetaPrompt::Paraphrase => "apo_paraphrase.txt",
+            MetaPrompt::Crossover => "apo_crossover.txt",
+            MetaPrompt::Rubric => "apo_judge.txt",
+        }
+    }
+
+    /// The text embedded in the binary.
+    pub fn embedded(self) -> &'static str {
+        match self {
+            MetaPrompt::Critique => include_str!("../../prompts/apo_critique.txt"),
+            MetaPrompt::Edit => include_str!("../../prompts/apo_edit.txt"),
+            MetaPrompt::Paraphrase => include_str!("../../prompts/apo_paraphrase.txt"),
+            MetaPrompt::Crossover => include_str!("../../prompts/apo_crossover.txt"),
+            MetaPrompt::Rubric => include_str!("../../prompts/apo_judge.txt"),
+        }
+    }
+
+    /// Placeholders the template must hold.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            MetaPrompt::Critique => &["{{prompt}}", "{{failures}}"],
+            MetaPrompt::Edit => &["{{prompt}}", "{{critique}}"],
+            MetaPrompt::Paraphrase => &["{{prompt}}"],
+            MetaPrompt::Crossover => &["{{prompt_a}}", "{{prompt_b}}"],
+            MetaPrompt::Rubric => &["{{input}}", "{{reference}}", "{{response}}"],
+        }
+    }
+
+    /// The required placeholders `text` lacks.
+    pub fn missing_placeholders(self, text: &str) -> Vec<&'static str> {
+        self.required()
+            .iter()
+            .copied()
+            .filter(|placeholder| !text.contains(placeholder))
+            .collect()
+    }
+
+    /// The override in `file` if given, else the embedded text.
+    pub fn load(self, file: Option<&Path>) -> anyhow::Result<String> {
+        let Some(path) = file else {
+            return Ok(self.embedded().to_string());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let missing = self.missing_placeholders(&text);
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "{} lacks the placeholder(s) {}",
+                path.display(),
+                missing.join(", ")
+            );
+        }
+        Ok(text)
+    }
+}
+
+/// The operators' meta-prompt templates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetaPrompts {
     pub critique: String,
@@ -33,28 +115,19 @@ pub struct MetaPrompts {
 }
 
 impl MetaPrompts {
-    /// Loads `apo_critique.txt`, `apo_edit.txt`, `apo_paraphrase.txt` and
-    /// `apo_crossover.txt` from `dir`, checking each has its placeholders.
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let read = |file: &str, required: &[&str]| -> anyhow::Result<String> {
-            let path = dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading meta-prompt {}", path.display()))?;
-            for placeholder in required {
-                if !text.contains(placeholder) {
-                    anyhow::bail!(
-                        "meta-prompt {} lacks the placeholder {placeholder}",
-                        path.display()
-                    );
-                }
-            }
-            Ok(text)
+    /// The templates in `dir` (all four files must be there, each with its
+    /// placeholders), or the embedded ones when `dir` is `None`.
+    pub fn load(dir: Option<&Path>) -> anyhow::Result<Self> {
+        let read = |meta: MetaPrompt| -> anyhow::Result<String> {
+            let path = dir.map(|dir| dir.join(meta.file_name()));
+            meta.load(path.as_deref())
+                .context("loading a meta-prompt (apo.meta_prompt_dir)")
         };
         Ok(MetaPrompts {
-            critique: read("apo_critique.txt", &["{{prompt}}", "{{failures}}"])?,
-            edit: read("apo_edit.txt", &["{{prompt}}", "{{critique}}"])?,
-            paraphrase: read("apo_paraphrase.txt", &["{{prompt}}"])?,
-            crossover: read("apo_crossover.txt", &["{{prompt_a}}", "{{prompt_b}}"])?,
+            critique: read(MetaPrompt::Critique)?,
+            edit: read(MetaPrompt::Edit)?,
+            paraphrase: read(MetaPrompt::Paraphrase)?,
+            crossover: read(MetaPrompt::Crossover)?,
         })
     }
 }
@@ -66,6 +139,15 @@ pub struct Failure {
     pub response: String,
     pub reference: Option<String>,
     pub score: f64,
+    /// What the judge said about the response, when a judge scored it.
+    pub feedback: Option<String>,
+}
+
+/// A rewriter's reply and the calls paid for it (cache hits are free).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rewrite {
+    pub text: String,
+    pub paid_calls: u64,
 }
 
 /// Runs the LLM operators through the budget and the reply cache.
@@ -106,13 +188,14 @@ impl<'a> Rewriter<'a> {
         self.cache_hits.get()
     }
 
-    async fn ask(&self, content: String) -> Result<String, CallError> {
+    /// The reply to `content`, and whether a call was paid for it.
+    async fn ask(&self, content: String) -> Result<(String, u64), CallError> {
         let model = self.llm.model(Role::Rewriter);
         let request_hash = cache::hash_text(&content);
         match cache::get_rewrite(self.conn, &request_hash, model, &self.params_hash) {
             Ok(Some(reply)) => {
                 self.cache_hits.set(self.cache_hits.get() + 1);
-                return Ok(reply);
+                return Ok((reply, 0));
             }
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "APO rewrite cache lookup failed"),
@@ -125,37 +208,47 @@ impl<'a> Rewriter<'a> {
             }],
             max_tokens: None,
         };
-        let reply = self.budget.chat(self.llm, &request).await?.text;
-        if let Err(err) =
-            cache::put_rewrite(self.conn, &request_hash, model, &self.params_hash, &reply)
-        {
+        let reply = self.budget.chat(self.llm, &request).await?;
+        if let Err(err) = cache::put_rewrite(
+            self.conn,
+            &request_hash,
+            model,
+            &self.params_hash,
+            &reply.text,
+        ) {
             tracing::warn!(error = %err, "APO rewrite cache write failed");
         }
-        Ok(reply)
+        Ok((reply.text, u64::from(reply.attempts)))
     }
 
-    /// Critiques `prompt` from its failures, then applies the critique.
+    /// Critiques `prompt` from its failures (responses, references and the
+    /// judge's feedback), then applies the critique: two calls.
     pub async fn critique_edit(
         &self,
         prompt: &str,
         failures: &[Failure],
-    ) -> Result<String, CallError> {
+    ) -> Result<Rewrite, CallError> {
         let failures_text = failures
             .iter()
             .enumerate()
             .map(|(idx, failure)| {
-                format!(
+                let mut case = format!(
                     "### Case {}\nInput: {}\nAgent response: {}\nReference answer: {}\nScore: {:.2}",
                     idx + 1,
                     failure.input,
                     failure.response,
                     failure.reference.as_deref().unwrap_or("(none)"),
                     failure.score
-                )
+                );
+                if let Some(feedback) = &failure.feedback {
+                    case.push_str("\nGrader's feedback: ");
+                    case.push_str(feedback.trim());
+                }
+                case
             })
             .collect::<Vec<_>>()
             .join("\n\n");
-        let critique = self
+        let (critique, critique_calls) = self
             .ask(
                 self.meta
                     .critique
@@ -163,7 +256,7 @@ impl<'a> Rewriter<'a> {
                     .replace("{{failures}}", &failures_text),
             )
             .await?;
-        let edited = self
+        let (edited, edit_calls) = self
             .ask(
                 self.meta
                     .edit
@@ -171,28 +264,44 @@ impl<'a> Rewriter<'a> {
                     .replace("{{critique}}", critique.trim()),
             )
             .await?;
-        Ok(extract_prompt(&edited))
+        Ok(Rewrite {
+            text: extract_prompt(&edited),
+            paid_calls: critique_calls + edit_calls,
+        })
     }
 
-    /// Rewords `prompt` keeping its instructions.
-    pub async fn paraphrase(&self, prompt: &str) -> Result<String, CallError> {
-        let reply = self
+    /// Rewords `prompt` keeping every instruction.
+    pub async fn paraphrase(&self, prompt: &str) -> Result<Rewrite, CallError> {
+        let (reply, paid_calls) = self
             .ask(self.meta.paraphrase.replace("{{prompt}}", prompt))
             .await?;
-        Ok(extract_prompt(&reply))
+        Ok(Rewrite {
+            text: extract_prompt(&reply),
+            paid_calls,
+        })
     }
 
-    /// Combines two parents into one child.
-    pub async fn crossover(&self, prompt_a: &str, prompt_b: &str) -> Result<String, CallError> {
-        let reply = self
+    /// Combines two parents into one child; `strengths` says what each got
+    /// right that the other did not.
+    pub async fn crossover(
+        &self,
+        prompt_a: &str,
+        prompt_b: &str,
+        strengths: &str,
+    ) -> Result<Rewrite, CallError> {
+        let (reply, paid_calls) = self
             .ask(
                 self.meta
                     .crossover
                     .replace("{{prompt_a}}", prompt_a)
-                    .replace("{{prompt_b}}", prompt_b),
+                    .replace("{{prompt_b}}", prompt_b)
+                    .replace("{{strengths}}", strengths),
             )
             .await?;
-        Ok(extract_prompt(&reply))
+        Ok(Rewrite {
+            text: extract_prompt(&reply),
+            paid_calls,
+        })
     }
 }
 
@@ -220,29 +329,60 @@ mod tests {
         assert_eq!(extract_prompt("  Be brief.  "), "Be brief.");
     }
 
+    /// Regression test for issue 8: the defaults need no file on disk.
     #[test]
-    fn shipped_meta_prompts_load() {
+    fn embedded_meta_prompts_are_the_shipped_files_and_complete() {
+        let embedded = MetaPrompts::load(None).unwrap();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
-        let meta = MetaPrompts::load(&dir).unwrap();
-        assert!(meta.critique.contains("{{failures}}"));
+        assert_eq!(MetaPrompts::load(Some(&dir)).unwrap(), embedded);
+        for meta in MetaPrompt::OPERATORS
+            .into_iter()
+            .chain([MetaPrompt::Rubric])
+        {
+            assert_eq!(
+                meta.missing_placeholders(meta.embedded()),
+                Vec::<&str>::new()
+            );
+        }
+    }
+
+    /// Regression test for issue 8: each meta-prompt asks for exactly its
+    /// operator and says how to return the prompt.
+    #[test]
+    fn each_meta_prompt_asks_for_its_operator_and_the_reply_format() {
+        let critique = MetaPrompt::Critique.embedded();
+        assert!(
+            critique.contains("Write a critique") && critique.contains("Do not rewrite the prompt")
+        );
+        assert!(MetaPrompt::Edit.embedded().contains("Apply the critique"));
+        let paraphrase = MetaPrompt::Paraphrase.embedded();
+        assert!(paraphrase.starts_with("Paraphrase"));
+        assert!(paraphrase.contains("not an edit") && paraphrase.contains("drop none"));
+        assert!(MetaPrompt::Crossover.embedded().contains("Combine them"));
+        for meta in [
+            MetaPrompt::Edit,
+            MetaPrompt::Paraphrase,
+            MetaPrompt::Crossover,
+        ] {
+            assert!(
+                meta.embedded()
+                    .contains("between <prompt> and </prompt>, and nothing else"),
+                "{meta:?}"
+            );
+        }
     }
 
     #[test]
     fn missing_placeholder_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        for file in [
-            "apo_critique.txt",
-            "apo_edit.txt",
-            "apo_paraphrase.txt",
-            "apo_crossover.txt",
-        ] {
+        for meta in MetaPrompt::OPERATORS {
             std::fs::write(
-                dir.path().join(file),
+                dir.path().join(meta.file_name()),
                 "{{prompt}} {{failures}} {{critique}}",
             )
             .unwrap();
         }
-        let err = MetaPrompts::load(dir.path()).unwrap_err().to_string();
+        let err = format!("{:#}", MetaPrompts::load(Some(dir.path())).unwrap_err());
         assert!(
             err.contains("apo_crossover.txt") && err.contains("{{prompt_a}}"),
             "{err}"

@@ -1,7 +1,8 @@
 //! `whetstone train --mode apo|rl|all --output-dir DIR [--traces PATH...]`:
 //! one offline optimization over the episodes in the store (after importing
 //! `--traces`, if given), writing its results into DIR. `all` runs APO, then
-//! RL, into the same directory.
+//! RL, into the same directory; a failure of one is reported and the other
+//! still runs, and the command fails if either did.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -66,14 +67,35 @@ pub fn run(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
             writeln!(out, "cannot read {}: {}", error.path.display(), error.error)?;
         }
     }
-    if matches!(args.mode, Mode::Apo | Mode::All) {
-        train_apo(&store, args, config, &mut out)?;
+    let mut failed: Vec<anyhow::Error> = Vec::new();
+    if matches!(args.mode, Mode::Apo | Mode::All)
+        && let Err(err) = train_apo(&store, args, config, &mut out)
+    {
+        let db = config.data_dir.join(store::DB_FILE_NAME);
+        failed.push(err.context(format!(
+            "APO failed; every LLM call it made is in the ledger, table llm_call_ledger of {db}: \
+             `sqlite3 {db} \"SELECT role, outcome, COUNT(*) FROM llm_call_ledger \
+             WHERE run_id = (SELECT run_id FROM llm_call_ledger ORDER BY id DESC LIMIT 1) \
+             GROUP BY role, outcome\"`",
+            db = db.display()
+        )));
     }
-    if matches!(args.mode, Mode::Rl | Mode::All) {
-        train_rl(&store, args, config, &mut out)?;
+    if matches!(args.mode, Mode::Rl | Mode::All)
+        && let Err(err) = train_rl(&store, args, config, &mut out)
+    {
+        failed.push(err.context("RL failed"));
     }
     out.flush()?;
-    Ok(())
+    // With both modes failed, the first is printed here and the second is
+    // the command's error.
+    let last = failed.pop();
+    for err in failed {
+        eprintln!("whetstone: {err:#}");
+    }
+    match last {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 fn load(store: &Store, prompt_name: Option<&str>) -> anyhow::Result<Vec<Episode>> {
@@ -156,8 +178,8 @@ fn train_apo(
     let llm = LlmClient::new(config.llm.clone())?;
 
     let bar = if io::stderr().is_terminal() {
-        ProgressBar::new(config.apo.generations.into()).with_style(
-            ProgressStyle::with_template("{spinner} APO [{bar:30}] generation {pos}/{len} {msg}")
+        ProgressBar::new(config.apo.budget.max_llm_calls).with_style(
+            ProgressStyle::with_template("{spinner} APO [{bar:30}] {pos}/{len} LLM calls {msg}")
                 .expect("valid progress template")
                 .progress_chars("=> "),
         )
@@ -187,10 +209,8 @@ fn train_apo(
                 mean,
                 llm_calls,
             } => {
-                bar.set_position(generation.into());
-                bar.set_message(format!(
-                    "best {best:.3}, mean {mean:.3}, {llm_calls} LLM calls"
-                ));
+                bar.set_position(llm_calls);
+                bar.set_message(format!("gen {generation}: best {best:.3}, mean {mean:.3}"));
             }
             ProgressEvent::Stopped { reason } => bar.set_message(format!("stopped: {reason}")),
             ProgressEvent::ValidationStarted { candidates } => {
@@ -199,18 +219,23 @@ fn train_apo(
         },
     ))?;
     bar.finish_and_clear();
+    for warning in &summary.warnings {
+        writeln!(out, "APO warning: {warning}")?;
+    }
+    writeln!(out, "APO baseline: {}", summary.baseline_source)?;
+    let rewards = match (summary.baseline_reward, summary.optimized_reward) {
+        (Some(baseline), Some(optimized)) => format!(
+            "validation reward {baseline:.3} -> {optimized:.3} ({:+.1}%)",
+            summary.improvement_pct.unwrap_or(0.0)
+        ),
+        _ => format!("validation reward {}", summary.validation),
+    };
     writeln!(
         out,
-        "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), best variant {} \
-         after {} generations ({})",
-        summary.target_prompt,
-        summary.baseline_reward,
-        summary.optimized_reward,
-        summary.improvement_pct,
-        summary.best_variant_id,
-        summary.generations,
-        summary.stop_reason
+        "APO on `{}`: {rewards}, best variant {} after {} generations (stopped: {})",
+        summary.target_prompt, summary.best_variant_id, summary.generations, summary.stop_reason
     )?;
+    writeln!(out, "APO decision: {}", summary.decision)?;
     writeln!(
         out,
         "APO: {} LLM calls ({} failed), {} tokens in, {} tokens out, {} cache hits, {:.1}s",

@@ -12,6 +12,9 @@
 //!    deserialized again, until every such problem is found);
 //! 3. [`Config::validate`] (out-of-range values: all of them are listed).
 //!
+//! [`load`] then checks every file the configuration names (APO's baseline,
+//! meta-prompt overrides, rubric, validation ids), listing every problem.
+//!
 //! Relative paths (`data_dir`, `traces.dir`, the `apo` prompt files) resolve against the directory of
 //! the config file, or against the current directory when running on the
 //! embedded defaults; [`load`] returns them absolute.
@@ -134,6 +137,25 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let absolute = std::path::absolute(path)
         .map_err(|err| whole_file(format!("cannot resolve its directory: {err}")))?;
     config.resolve_paths(absolute.parent().unwrap_or(Path::new("/")));
+    // The files the configuration names, all checked now rather than one
+    // per failed run.
+    let missing = config.apo.check_files();
+    if !missing.is_empty() {
+        let doc = toml::de::DeTable::parse(&text).ok();
+        let problems = missing
+            .into_iter()
+            .map(|invalid| Problem {
+                file: path.to_path_buf(),
+                location: doc
+                    .as_ref()
+                    .and_then(|doc| locate::span_of_key(doc.get_ref(), &invalid.key))
+                    .map(|span| Location::of_offset(&text, span.start)),
+                key: Some(invalid.key),
+                message: invalid.message,
+            })
+            .collect();
+        return Err(ConfigError::new(problems));
+    }
     tracing::debug!(file = %path.display(), "configuration loaded");
     Ok(config)
 }

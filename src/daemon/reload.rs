@@ -69,7 +69,7 @@ mod tests {
         else {
             panic!("a valid edit applies");
         };
-        assert_eq!(config.apo.generations, 7);
+        assert_eq!(config.apo.generations, Some(7));
         assert!(restart_required.is_empty());
 
         std::fs::write(&file, "data_dir = \"elsewhere\"\n[apo]\ngenerations = 3\n").unwrap();

@@ -160,29 +160,35 @@ fn run_apo(
             }
         }
     })?;
+    // A winner is only worth registering when its gain was measured.
     let variant = |id: &str| summary.all_variants.iter().find(|v| v.id == id);
-    let candidate = variant(&summary.best_variant_id).map(|best| Candidate {
-        prompt: summary.target_prompt.clone(),
-        baseline_text: summary
-            .all_variants
-            .iter()
-            .find(|v| v.operator == "baseline")
-            .map_or_else(String::new, |v| v.text.clone()),
-        text: summary.best_prompt.clone(),
-        operator: best.operator.clone(),
-        baseline_reward: summary.baseline_reward,
-        optimized_reward: summary.optimized_reward,
-    });
+    let measured = summary.baseline_reward.zip(summary.optimized_reward);
+    let candidate = variant(&summary.best_variant_id).zip(measured).map(
+        |(best, (baseline_reward, optimized_reward))| Candidate {
+            prompt: summary.target_prompt.clone(),
+            baseline_text: summary
+                .all_variants
+                .iter()
+                .find(|v| v.operator == "baseline")
+                .map_or_else(String::new, |v| v.text.clone()),
+            text: summary.best_prompt.clone(),
+            operator: best.operator.clone(),
+            baseline_reward,
+            optimized_reward,
+        },
+    );
+    let rewards = match measured {
+        Some((baseline, optimized)) => format!(
+            "validation reward {baseline:.3} -> {optimized:.3} ({:+.1}%)",
+            summary.improvement_pct.unwrap_or(0.0)
+        ),
+        None => format!("validation reward {}", summary.validation),
+    };
     Ok(RoundResult {
         candidate,
         headline: format!(
-            "APO on `{}`: validation reward {:.3} -> {:.3} ({:+.1}%), {} LLM calls, stopped: {}",
-            summary.target_prompt,
-            summary.baseline_reward,
-            summary.optimized_reward,
-            summary.improvement_pct,
-            summary.llm_calls,
-            summary.stop_reason
+            "APO on `{}`: {rewards}, {} LLM calls, stopped: {}; {}",
+            summary.target_prompt, summary.llm_calls, summary.stop_reason, summary.decision
         ),
         llm_calls: summary.llm_calls,
         llm_tokens: summary.tokens_in + summary.tokens_out,

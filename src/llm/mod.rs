@@ -15,8 +15,14 @@
 //! is bounded by a semaphore shared by all roles. The API key is read once
 //! from the environment variable `[llm] api_key_env` names and is never
 //! printed.
+//!
+//! An endpoint that cannot be reached at all fails fast: after
+//! [`MAX_CONNECTION_FAILURES`] connection failures in a row (no response of
+//! any kind in between), every call fails at once with an error naming the
+//! URL and the cause, instead of retrying each request with backoff.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_openai::types::chat::{
@@ -28,6 +34,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::LlmConfig;
 use crate::trace::{Message, TokenUsage};
+
+/// Connection failures in a row (across all requests) after which the
+/// endpoint is deemed unreachable and every further call fails at once.
+pub const MAX_CONNECTION_FAILURES: u32 = 3;
 
 /// Which job a call does; each role has its own model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +167,8 @@ pub struct ClientStats {
     pub requests: [u64; 3],
     /// HTTP attempts, including retries.
     pub attempts: u64,
+    /// HTTP attempts per role, in `Role` order.
+    pub attempts_by_role: [u64; 3],
     /// Attempts that did not succeed.
     pub failed_attempts: u64,
     /// Requests that failed for good.
@@ -174,6 +186,10 @@ pub struct LlmClient {
     permits: Semaphore,
     stats: Mutex<ClientStats>,
     records: Mutex<Vec<CallRecord>>,
+    /// Connection failures since the last attempt that got any response.
+    connection_failures: AtomicU32,
+    /// Set once the endpoint is deemed unreachable: why, for every later call.
+    unreachable: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -202,6 +218,8 @@ impl LlmClient {
             backoff: Backoff::default(),
             stats: Mutex::new(ClientStats::default()),
             records: Mutex::new(Vec::new()),
+            connection_failures: AtomicU32::new(0),
+            unreachable: Mutex::new(None),
         })
     }
 
@@ -235,15 +253,41 @@ impl LlmClient {
         std::mem::take(&mut *self.records.lock().unwrap())
     }
 
+    /// Why the endpoint is deemed unreachable, once it is (see the module docs).
+    pub fn unreachable(&self) -> Option<String> {
+        self.unreachable.lock().unwrap().clone()
+    }
+
     /// Sends one chat request, retrying 429, 5xx, timeouts, transport errors
     /// and malformed bodies up to `max_retries` times.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatReply, LlmError> {
+        self.chat_gated(req, || true).await
+    }
+
+    /// [`chat`](Self::chat), asking `may_retry` before each retry; a retry it
+    /// refuses ends the request with the last attempt's error. Budgets that
+    /// count attempts admit retries through it.
+    pub async fn chat_gated(
+        &self,
+        req: &ChatRequest,
+        may_retry: impl Fn() -> bool,
+    ) -> Result<ChatReply, LlmError> {
         let model = self.model(req.role).to_string();
         let body = self.request_body(req, &model);
         self.stats.lock().unwrap().requests[req.role as usize] += 1;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if let Some(reason) = self.unreachable() {
+                self.stats.lock().unwrap().failed_requests += 1;
+                return Err(LlmError {
+                    role: req.role.as_str(),
+                    model,
+                    attempts: attempt - 1,
+                    outcome: Outcome::Transport,
+                    last_error: reason,
+                });
+            }
             let permit = self
                 .permits
                 .acquire()
@@ -257,6 +301,22 @@ impl LlmClient {
                 Ok((_, usage)) => (Outcome::Ok, *usage),
                 Err(failure) => (failure.outcome, TokenUsage::default()),
             };
+            if let Err(failure) = &res
+                && failure.outcome == Outcome::Transport
+            {
+                let in_a_row = self.connection_failures.fetch_add(1, Ordering::SeqCst) + 1;
+                if in_a_row >= MAX_CONNECTION_FAILURES {
+                    let mut unreachable = self.unreachable.lock().unwrap();
+                    if unreachable.is_none() {
+                        *unreachable = Some(format!(
+                            "cannot reach the LLM endpoint {} ({in_a_row} connection failures in a row, llm.base_url): {}",
+                            self.config.base_url, failure.message
+                        ));
+                    }
+                }
+            } else {
+                self.connection_failures.store(0, Ordering::SeqCst);
+            }
             self.record(CallRecord {
                 role: req.role,
                 model: model.clone(),
@@ -275,7 +335,8 @@ impl LlmClient {
                 }
                 Err(failure) => failure,
             };
-            if !failure.outcome.is_retryable() || attempt > self.config.max_retries {
+            if !failure.outcome.is_retryable() || attempt > self.config.max_retries || !may_retry()
+            {
                 self.stats.lock().unwrap().failed_requests += 1;
                 return Err(LlmError {
                     role: req.role.as_str(),
@@ -400,6 +461,7 @@ impl LlmClient {
         {
             let mut stats = self.stats.lock().unwrap();
             stats.attempts += 1;
+            stats.attempts_by_role[record.role as usize] += 1;
             if record.outcome != Outcome::Ok {
                 stats.failed_attempts += 1;
             }
@@ -444,9 +506,22 @@ impl AttemptFailure {
         } else {
             Outcome::Transport
         };
+        // reqwest's own message is only "error sending request"; the cause
+        // (connection refused, DNS failure, ...) is further down the chain.
+        let err = err.without_url();
+        let mut message = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(inner) = cause {
+            let text = inner.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = inner.source();
+        }
         AttemptFailure {
             outcome,
-            message: err.without_url().to_string(),
+            message,
             retry_after: None,
         }
     }

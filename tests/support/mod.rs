@@ -409,8 +409,8 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
     }
 }
 
-/// Eight candidate prompts for racing: exactly one ("Cite the tool
-/// result. Answer in one sentence.") makes `task-model` answer well.
+/// Eight candidate prompts: exactly one ("Cite the tool result. Answer in
+/// one sentence.") makes `task-model` answer well.
 pub const RACE_PROMPTS: [&str; 8] = [
     "Be helpful.",
     "Be helpful. Cite the tool result.",
@@ -424,7 +424,7 @@ pub const RACE_PROMPTS: [&str; 8] = [
 
 /// The APO dataset of [`episodes`]`(n)` for prompt "Controller", a tenth
 /// held out for validation, and its first 16 training examples are what the
-/// racing test and the APO round bench evaluate.
+/// APO round bench evaluates.
 pub fn controller_dataset(n: usize) -> whetstone::apo::Dataset {
     whetstone::apo::Dataset::build(
         &episodes(n),
@@ -433,6 +433,7 @@ pub fn controller_dataset(n: usize) -> whetstone::apo::Dataset {
             validation_fraction: 0.1,
             min_train: 16,
             min_validation: 1,
+            pinned: None,
             reference_min_reward: 0.5,
             require_reference: true,
         },
