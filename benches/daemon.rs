@@ -23,28 +23,20 @@ mod support;
 #[path = "corpus.rs"]
 mod corpus;
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::TestServer;
+use support::{TestServer, append, free_port};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The release binary, built by `cargo bench` for the bench's own target.
@@ -208,15 +200,6 @@ fn ureq_get(url: &str) -> Option<String> {
     Some(body.to_string())
 }
 
-fn append(path: &Path, text: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-}
-
 fn controller_line(idx: usize) -> String {
     let episode = support::episode(
         &format!("bench-{idx:06}"),
@@ -224,7 +207,7 @@ fn controller_line(idx: usize) -> String {
         &format!("it is {idx} degrees in Oslo"),
         true,
     );
-    serde_json::to_string(&episode).unwrap() + "\n"
+    support::jsonl_line(&episode)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -95,17 +95,11 @@ scorer = {{ type = "f1" }}
 
 /// The support episodes as Whetstone JSONL in `dir/traces.jsonl`.
 fn write_traces(dir: &Path) {
-    let lines: Vec<String> = support::episodes(24)
+    let lines: String = support::episodes(24)
         .iter()
-        .map(|episode| {
-            let mut value = serde_json::to_value(episode).unwrap();
-            let object = value.as_object_mut().unwrap();
-            object.remove("format");
-            object.remove("source");
-            value.to_string()
-        })
+        .map(support::jsonl_line)
         .collect();
-    std::fs::write(dir.join("traces.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("traces.jsonl"), lines).unwrap();
 }
 
 /// Regression test for issue 8 (items 8 and 9): outside the checkout, with

@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::TestServer;
+use support::{TestServer, append, free_port};
 
 /// A Controller episode as a Whetstone JSONL line.
 fn controller_line(idx: usize) -> String {
@@ -23,11 +22,7 @@ fn controller_line(idx: usize) -> String {
         &format!("it is {} degrees and clear in {city}", 10 + idx),
         true,
     );
-    let mut value = serde_json::to_value(&episode).unwrap();
-    let object = value.as_object_mut().unwrap();
-    object.remove("format");
-    object.remove("source");
-    value.to_string() + "\n"
+    support::jsonl_line(&episode)
 }
 
 /// A tool-using episode of another prompt, for the PPO update.
@@ -50,23 +45,6 @@ fn tool_line(idx: usize) -> String {
     })
     .to_string()
         + "\n"
-}
-
-fn append(path: &Path, text: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Setup {

@@ -3,13 +3,16 @@
 //! imported by a process that gets killed.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod support;
+
 use serde_json::{Value, json};
+use support::append;
 use whetstone::ingest::{IngestOptions, IngestReport, Progress, ingest_paths};
 use whetstone::store::{EpisodeFilter, Store};
 use whetstone::trace::{Reason, TraceFormat};
@@ -31,15 +34,6 @@ fn episode_line(id: &str) -> String {
 
 fn lines_of(ids: impl IntoIterator<Item = String>) -> String {
     ids.into_iter().map(|id| episode_line(&id) + "\n").collect()
-}
-
-fn append(path: &Path, text: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    file.write_all(text.as_bytes()).unwrap();
 }
 
 fn import(store: &mut Store, paths: &[&Path], options: &IngestOptions) -> IngestReport {

@@ -123,6 +123,26 @@ fn audit(
     Ok(())
 }
 
+fn upsert_label(
+    tx: &Transaction<'_>,
+    prompt: &str,
+    label: &str,
+    version: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO prompt_labels (prompt, label, version) VALUES (?1, ?2, ?3)
+         ON CONFLICT (prompt, label) DO UPDATE SET version = excluded.version",
+        params![prompt, label, version],
+    )?;
+    Ok(())
+}
+
+fn test_prompt(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<String> {
+    tx.query_row("SELECT prompt FROM ab_tests WHERE id = ?1", [id], |row| {
+        row.get(0)
+    })
+}
+
 impl Store {
     fn registry_tx(&mut self) -> Result<Transaction<'_>, StoreError> {
         Ok(self
@@ -184,10 +204,7 @@ impl Store {
             |row| row.get(0),
         )?;
         if let Some(label) = first_label.filter(|_| versions == 1) {
-            tx.execute(
-                "INSERT INTO prompt_labels (prompt, label, version) VALUES (?1, ?2, ?3)",
-                params![stored.prompt, label, stored.version],
-            )?;
+            upsert_label(&tx, &stored.prompt, label, &stored.version)?;
             let detail = format!("{label} -> {}: first version of the prompt", stored.version);
             audit(&tx, change, "label", &stored.prompt, &detail)?;
         }
@@ -258,11 +275,7 @@ impl Store {
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let tx = self.registry_tx()?;
-        tx.execute(
-            "INSERT INTO prompt_labels (prompt, label, version) VALUES (?1, ?2, ?3)
-             ON CONFLICT (prompt, label) DO UPDATE SET version = excluded.version",
-            params![prompt, label, version],
-        )?;
+        upsert_label(&tx, prompt, label, version)?;
         audit(
             &tx,
             change,
@@ -346,15 +359,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A/B tests of a prompt, newest first.
-    pub fn ab_tests(&self, prompt: &str) -> Result<Vec<AbTestRow>, StoreError> {
-        let mut statement = self.conn.prepare(&format!(
-            "SELECT {TEST_COLUMNS} FROM ab_tests WHERE prompt = ?1 ORDER BY id DESC"
-        ))?;
-        let rows = statement.query_map([prompt], test_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Moves a running test to rollout `stage` (traffic `split`), counting
     /// the stage's outcomes from episodes after `stage_episode_id`.
     pub fn set_ab_stage(
@@ -366,10 +370,7 @@ impl Store {
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let tx = self.registry_tx()?;
-        let prompt: String =
-            tx.query_row("SELECT prompt FROM ab_tests WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })?;
+        let prompt = test_prompt(&tx, id)?;
         tx.execute(
             "UPDATE ab_tests SET stage = ?2, split = ?3, stage_episode_id = ?4
              WHERE id = ?1 AND status = 'running'",
@@ -399,21 +400,14 @@ impl Store {
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let tx = self.registry_tx()?;
-        let prompt: String =
-            tx.query_row("SELECT prompt FROM ab_tests WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })?;
+        let prompt = test_prompt(&tx, id)?;
         tx.execute(
             "UPDATE ab_tests SET status = 'stopped', winner = ?2, reason = ?3, stopped_at_unix_ms = ?4
              WHERE id = ?1",
             params![id, winner, change.why, now_unix_ms()],
         )?;
         if let Some(winner) = winner {
-            tx.execute(
-                "INSERT INTO prompt_labels (prompt, label, version) VALUES (?1, 'production', ?2)
-                 ON CONFLICT (prompt, label) DO UPDATE SET version = excluded.version",
-                params![prompt, winner],
-            )?;
+            upsert_label(&tx, &prompt, "production", winner)?;
         }
         audit(
             &tx,

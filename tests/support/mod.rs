@@ -355,6 +355,36 @@ fn judge(request: &str) -> String {
     )
 }
 
+/// `episode` as a Whetstone JSONL line (with its newline), as an agent
+/// would write it: without the fields ingestion fills in.
+pub fn jsonl_line(episode: &Episode) -> String {
+    let mut value = serde_json::to_value(episode).unwrap();
+    let object = value.as_object_mut().unwrap();
+    object.remove("format");
+    object.remove("source");
+    value.to_string() + "\n"
+}
+
+/// Appends `text` to `path`, creating it.
+pub fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A Controller episode: the user asks, a tool answered `tool_result`, the
 /// agent answered well (reward 1) or poorly (reward 0.1).
 pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episode {
