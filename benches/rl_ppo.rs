@@ -1,5 +1,5 @@
 //! PPO update throughput: decisions × epochs per second of one PPO iteration
-//! (GAE, then `update_epochs` epochs of shuffled minibatch updates) on the
+//! (V-trace targets, then `update_epochs` epochs of shuffled minibatch updates) on the
 //! synthetic tool-choice episodes of the RL tests, with the default config.
 //!
 //! `WHETSTONE_BENCH_TRANSITIONS` sets the batch size (default 100000).

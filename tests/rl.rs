@@ -3,6 +3,11 @@
 #[path = "rl/synthetic.rs"]
 mod synthetic;
 
+// Shared with benches/rl_vs_bandit.rs, which uses the parts tests do not.
+#[allow(dead_code)]
+#[path = "rl/world.rs"]
+mod world;
+
 #[path = "rl/learning.rs"]
 mod learning;
 

@@ -124,20 +124,108 @@ fn train_rl(
         );
     }
     let checkpoint_dir = config.data_dir.join("rl");
-    let report = rl::train(&episodes, &config.rl, &args.output_dir, &checkpoint_dir)?;
-    let skipped: usize = report.episodes.skipped.values().sum();
-    writeln!(
-        out,
-        "RL: {} episodes ({} skipped: {:?}), {} training decisions, {} PPO iterations",
-        report.episodes.received,
-        skipped,
-        report.episodes.skipped,
-        report.episodes.training_decisions,
-        report.training.iterations,
+    let bar = if io::stderr().is_terminal() {
+        ProgressBar::new(config.rl.iterations_per_run as u64).with_style(
+            ProgressStyle::with_template("{spinner} RL [{bar:30}] iteration {pos}/{len} {msg}")
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut started = Ok(());
+    let report = rl::train(
+        &episodes,
+        &config.rl,
+        &args.output_dir,
+        &checkpoint_dir,
+        &mut |event| match event {
+            rl::TrainProgress::Started {
+                training_decisions,
+                logged_probabilities,
+                ..
+            } => {
+                started = writeln!(
+                    out,
+                    "RL: training on {training_decisions} decisions, {logged_probabilities} with a logged behavior probability"
+                );
+                if logged_probabilities == 0 {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "whetstone: WARNING: no decision carries a logged behavior probability \
+                             (`whetstone.policy.probability` on the chat or tool span, `policy` in \
+                             Whetstone JSONL): training corrects against a policy snapshot's guess \
+                             and the new policy will not be promoted"
+                        );
+                    });
+                }
+            }
+            rl::TrainProgress::Iteration { iteration, stats } => {
+                bar.set_position(iteration as u64);
+                bar.set_message(format!("value loss {:.4}", stats.value_loss));
+                tracing::debug!(
+                    iteration,
+                    policy_loss = stats.policy_loss,
+                    value_loss = stats.value_loss,
+                    entropy = stats.entropy,
+                    approx_kl = stats.approx_kl,
+                    clip_fraction = stats.clip_fraction,
+                    truncated_fraction = stats.truncated_fraction,
+                    "rl: PPO iteration done"
+                );
+            }
+        },
     )?;
+    started?;
+    bar.finish_and_clear();
+    writeln!(out, "{}", rl_summary(&report))?;
     writeln!(
         out,
-        "RL: {} policy version {}: {}",
+        "wrote {}",
+        args.output_dir.join(rl::report::REPORT_FILE).display()
+    )?;
+    Ok(())
+}
+
+/// The one-line result of an RL run.
+fn rl_summary(report: &rl::TrainReport) -> String {
+    let episodes = &report.episodes;
+    let skipped: usize = episodes.skipped.values().sum();
+    let reasons: Vec<String> = episodes
+        .skipped
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    let source = &report.behavior_probability_source;
+    let decisions = source.trace + source.policy_snapshot + source.frozen_earlier;
+    let share = 100.0 * source.trace as f64 / decisions.max(1) as f64;
+    let estimate = match &report.off_policy_evaluation {
+        Some(ope) => {
+            let candidate = &ope.candidate;
+            let point = match report.promotion.estimator.as_str() {
+                "ips" => candidate.ips,
+                _ => candidate.snips,
+            };
+            format!(
+                "{} {point:.3} [{:.3}, {:.3}] (ESS {:.0}), ",
+                report.promotion.estimator,
+                candidate.lower_bound,
+                candidate.upper_bound,
+                candidate.effective_sample_size
+            )
+        }
+        None => String::new(),
+    };
+    format!(
+        "RL: {} decisions from {} of {} episodes ({skipped} skipped{}), logged propensities {share:.0}%, {estimate}{} policy version {}: {}",
+        episodes.training_decisions,
+        episodes.used,
+        episodes.received,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reasons.join(", "))
+        },
         if report.promotion.promoted {
             "promoted"
         } else {
@@ -145,13 +233,7 @@ fn train_rl(
         },
         report.promotion.policy_version,
         report.promotion.reason,
-    )?;
-    writeln!(
-        out,
-        "wrote {}",
-        args.output_dir.join(rl::report::REPORT_FILE).display()
-    )?;
-    Ok(())
+    )
 }
 
 fn train_apo(

@@ -64,6 +64,20 @@ impl FeatureSpec {
             let bigram = format!("{} {}", pair[0], pair[1]);
             add_hashed(text, stable_hash(0x6269_6772, &bigram));
         }
+        // What a word means for the next decision depends on what was just
+        // done ("French" after a search means translate it): each word is
+        // also crossed with the previous tool and its outcome.
+        if let Some(name) = &state.previous_tool {
+            let outcome = if state.previous_tool_error {
+                "err"
+            } else {
+                "ok"
+            };
+            for word in &words {
+                let crossed = format!("{name}/{outcome}/{word}");
+                add_hashed(text, stable_hash(0x6372_6f73, &crossed));
+            }
+        }
         let norm = text.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
             text.iter_mut().for_each(|x| *x /= norm);
@@ -161,11 +175,18 @@ mod tests {
         // Case and punctuation do not matter; word order does (bigrams).
         assert_eq!(
             features[..32],
-            state("what is the weather in paris", None, false, 0)[..32]
+            state("what is the weather in paris", Some("search"), true, 0)[..32]
         );
         assert_ne!(
             features[..32],
-            state("paris in weather the is what", None, false, 0)[..32]
+            state("paris in weather the is what", Some("search"), true, 0)[..32]
+        );
+        // Words are crossed with the previous tool and its outcome.
+        let plain = state("what is the weather in paris", None, false, 0);
+        assert_ne!(features[..32], plain[..32]);
+        assert_ne!(
+            features[..32],
+            state("what is the weather in paris", Some("search"), false, 0)[..32]
         );
         assert_eq!(
             state("add 12 and 7", None, false, 0),

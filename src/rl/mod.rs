@@ -6,10 +6,14 @@
 //! 2. [`features`] and [`batch`] hash states and actions into tensors;
 //! 3. behavior probabilities come from the trace, or else from the promoted
 //!    policy snapshot, and each source is counted;
-//! 4. [`ppo`] runs CleanRL-style PPO with [`gae`] advantages on the
-//!    [`policy`] networks with the [`optimizer`];
+//! 4. [`ppo`] runs PPO for logged data (clipped against the policy at the
+//!    start of each iteration, importance-weighted by truncated ratios to the
+//!    logging policy) with [`vtrace`] targets on the [`policy`] networks with
+//!    the [`optimizer`];
 //! 5. [`ope`] estimates the trained and the promoted policy's value on
-//!    held-out episodes, and the trained one is promoted only if not worse;
+//!    held-out episodes from their logged probabilities, and the trained one
+//!    is promoted only when its lower confidence bound beats the promoted
+//!    one's estimate on enough data;
 //! 6. [`checkpoint`] saves weights, optimizer state and counters so the next
 //!    run continues; [`report`] writes `learned_policy.json`.
 //!
@@ -20,7 +24,6 @@ pub mod behavior;
 pub mod checkpoint;
 pub mod config;
 pub mod features;
-pub mod gae;
 pub mod ope;
 pub mod optimizer;
 pub mod policy;
@@ -28,8 +31,9 @@ pub mod ppo;
 pub mod report;
 pub mod train;
 pub mod transitions;
+pub mod vtrace;
 
 pub use config::{PromotionEstimator, RlConfig};
 pub use report::TrainReport;
-pub use train::{ActRequest, act, train};
+pub use train::{ActRequest, TrainProgress, act, train};
 pub use transitions::NO_TOOL;

@@ -8,6 +8,12 @@
 //! keeps its last weight and earns 0). For single-decision episodes these are
 //! plain IPS and SNIPS. The effective sample size of the final trajectory
 //! weights, (Σw)²/Σw², says how much of the data the estimate really uses.
+//!
+//! [`bootstrap`] gives percentile bounds of either estimate by resampling
+//! episodes, which is what the promotion gate compares: a policy is promoted
+//! on its lower bound, not on a point estimate that one lucky weight can make.
+
+use crate::rng::Rng;
 
 /// One logged decision seen by an evaluated policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,7 +34,7 @@ pub struct Estimate {
 }
 
 /// PDIS and weighted PDIS estimates over `episodes` (each non-empty).
-pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> Estimate {
+pub fn estimate(episodes: &[&[LoggedStep]], gamma: f64, weight_clip: f64) -> Estimate {
     let n = episodes.len();
     if n == 0 {
         return Estimate {
@@ -52,7 +58,7 @@ pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> E
                 .collect()
         })
         .collect();
-    let horizon = episodes.iter().map(Vec::len).max().unwrap_or(0);
+    let horizon = episodes.iter().map(|steps| steps.len()).max().unwrap_or(0);
     let mut ips = 0.0;
     let mut snips = 0.0;
     let mut discount = 1.0;
@@ -87,8 +93,49 @@ pub fn estimate(episodes: &[Vec<LoggedStep>], gamma: f64, weight_clip: f64) -> E
     }
 }
 
+/// Which estimate [`bootstrap`] bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Estimator {
+    Ips,
+    Snips,
+}
+
+/// Percentile bounds of an estimate from `resamples` bootstrap resamples of
+/// the episodes: the `1 - confidence` and `confidence` quantiles.
+pub fn bootstrap(episodes: &[&[LoggedStep]], params: BootstrapParams, rng: &mut Rng) -> (f64, f64) {
+    if episodes.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut draws: Vec<f64> = (0..params.resamples)
+        .map(|_| {
+            let sample: Vec<&[LoggedStep]> = (0..episodes.len())
+                .map(|_| episodes[rng.below(episodes.len())])
+                .collect();
+            let e = estimate(&sample, params.gamma, params.weight_clip);
+            match params.estimator {
+                Estimator::Ips => e.ips,
+                Estimator::Snips => e.snips,
+            }
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    let at = |q: f64| draws[((q * draws.len() as f64) as usize).min(draws.len() - 1)];
+    (at(1.0 - params.confidence), at(params.confidence))
+}
+
+/// Settings of [`bootstrap`].
+#[derive(Debug, Clone, Copy)]
+pub struct BootstrapParams {
+    pub estimator: Estimator,
+    pub gamma: f64,
+    pub weight_clip: f64,
+    /// Level of each one-sided bound, in (0, 1).
+    pub confidence: f64,
+    pub resamples: usize,
+}
+
 /// The behavior policy's own value: the mean discounted return observed.
-pub fn logged_value(episodes: &[Vec<LoggedStep>], gamma: f64) -> f64 {
+pub fn logged_value(episodes: &[&[LoggedStep]], gamma: f64) -> f64 {
     let total: f64 = episodes
         .iter()
         .map(|steps| {
@@ -116,10 +163,10 @@ mod tests {
     #[test]
     fn single_decision_ips_snips_ess() {
         // weights 2, 0.5, 0; rewards 1, 1, 0
-        let episodes = vec![
-            vec![step(0.5, 0.25, 1.0)],
-            vec![step(0.25, 0.5, 1.0)],
-            vec![step(0.0, 0.5, 0.0)],
+        let episodes: [&[LoggedStep]; 3] = [
+            &[step(0.5, 0.25, 1.0)],
+            &[step(0.25, 0.5, 1.0)],
+            &[step(0.0, 0.5, 0.0)],
         ];
         let e = estimate(&episodes, 0.99, 10.0);
         assert!((e.ips - 2.5 / 3.0).abs() < 1e-12);
@@ -135,9 +182,9 @@ mod tests {
     fn per_decision_weights_accumulate_and_ended_episodes_keep_theirs() {
         // Episode A: w0 = 2, w1 = 2 * 0.5 = 1; rewards 0 then 1.
         // Episode B: one decision, w0 = 0.5, reward 1.
-        let episodes = vec![
-            vec![step(0.5, 0.25, 0.0), step(0.25, 0.5, 1.0)],
-            vec![step(0.25, 0.5, 1.0)],
+        let episodes: [&[LoggedStep]; 2] = [
+            &[step(0.5, 0.25, 0.0), step(0.25, 0.5, 1.0)],
+            &[step(0.25, 0.5, 1.0)],
         ];
         let e = estimate(&episodes, 0.9, 10.0);
         // IPS: t0: (2*0 + 0.5*1)/2 = 0.25; t1: 0.9 * (1*1)/2 = 0.45
@@ -148,5 +195,38 @@ mod tests {
         assert!((e.effective_sample_size - 1.8).abs() < 1e-12);
         // Observed: A = 0 + 0.9 * 1, B = 1
         assert!((logged_value(&episodes, 0.9) - 0.95).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bootstrap_bounds_bracket_the_estimate_and_narrow_with_data() {
+        // Behavior uniform over two actions; the target always takes the
+        // first, which pays 1 three times in four.
+        let make = |n: usize| -> Vec<Vec<LoggedStep>> {
+            (0..n)
+                .map(|i| match i % 8 {
+                    0..=2 => vec![step(1.0, 0.5, 1.0)],
+                    3 => vec![step(1.0, 0.5, 0.0)],
+                    _ => vec![step(0.0, 0.5, 0.3)],
+                })
+                .collect()
+        };
+        let params = BootstrapParams {
+            estimator: Estimator::Snips,
+            gamma: 1.0,
+            weight_clip: 10.0,
+            confidence: 0.95,
+            resamples: 400,
+        };
+        let width = |n: usize| {
+            let episodes = make(n);
+            let refs: Vec<&[LoggedStep]> = episodes.iter().map(Vec::as_slice).collect();
+            let point = estimate(&refs, 1.0, 10.0).snips;
+            assert!((point - 0.75).abs() < 1e-12);
+            let (lower, upper) = bootstrap(&refs, params, &mut Rng::new(5));
+            assert!(lower < point && point < upper, "{lower} {point} {upper}");
+            upper - lower
+        };
+        let (small, large) = (width(40), width(4000));
+        assert!(small > 0.2 && large < 0.05, "{small} {large}");
     }
 }

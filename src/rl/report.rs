@@ -100,7 +100,14 @@ pub struct ActionSummary {
 pub struct OffPolicyEvaluation {
     pub held_out_episodes: usize,
     pub held_out_decisions: usize,
+    /// Held-out episodes the estimates use: those whose every decision has
+    /// a logged probability (unless guesses are allowed).
+    pub evaluated_episodes: usize,
+    /// Held-out decisions with a logged probability.
+    pub logged_probability_decisions: usize,
     pub importance_weight_clip: f64,
+    /// Level of each one-sided bootstrap bound.
+    pub confidence: f64,
     /// Mean discounted return the logged agent achieved.
     pub logging_policy_value: f64,
     /// The promoted policy before this run.
@@ -109,12 +116,15 @@ pub struct OffPolicyEvaluation {
     pub candidate: PolicyEstimate,
 }
 
-/// IPS, SNIPS and effective sample size for one policy.
+/// IPS, SNIPS, effective sample size and the bootstrap bounds of the
+/// promotion estimator for one policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyEstimate {
     pub ips: f64,
     pub snips: f64,
     pub effective_sample_size: f64,
+    pub lower_bound: f64,
+    pub upper_bound: f64,
 }
 
 /// The promotion decision.

@@ -1,6 +1,6 @@
 //! The two entry points: [`train`] (one training run over logged episodes,
 //! resuming the checkpoint, gated promotion, report) and [`act`] (the
-//! promoted policy's action probabilities for one state).
+//! promoted policy's action probabilities for states).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,9 +11,9 @@ use candle_core::{Device, Tensor};
 use super::batch::{ActionSpace, Batch, states_tensor};
 use super::behavior::FrozenBehavior;
 use super::checkpoint::{self, Checkpoint, TrainingState};
-use super::config::RlConfig;
+use super::config::{PromotionEstimator, RlConfig};
 use super::features::{FeatureSpec, State, stable_hash};
-use super::ope::{self, LoggedStep};
+use super::ope::{self, BootstrapParams, Estimator, LoggedStep};
 use super::optimizer::Adam;
 use super::policy::{Architecture, PolicyNet};
 use super::ppo::{self, IterationStats, TrainingData};
@@ -31,17 +31,41 @@ const MIN_BEHAVIOR_PROBABILITY: f64 = 1e-6;
 /// File name of the promoted policy's weights in the output directory.
 pub const POLICY_FILE: &str = "policy.safetensors";
 
+/// Bootstrap resamples behind the promotion gate's confidence bound.
+const BOOTSTRAP_RESAMPLES: usize = 500;
+/// Mixed into `rl.seed` for the bootstrap's random stream.
+const BOOTSTRAP_SEED: u64 = 0x6f70_655f_6273;
+
+/// What a training run reports while it runs (the CLI draws it).
+#[derive(Debug, Clone)]
+pub enum TrainProgress {
+    /// Decisions are extracted and featurized; iterations start now.
+    Started {
+        training_decisions: usize,
+        /// Training decisions whose trace logged their behavior probability.
+        logged_probabilities: usize,
+        iterations: usize,
+    },
+    /// One PPO iteration finished (1-based).
+    Iteration {
+        iteration: usize,
+        stats: IterationStats,
+    },
+}
+
 /// Runs one training run: turns `episodes` into decisions, continues the
 /// learner in `checkpoint_dir` (or starts one there) for
 /// `rl.iterations_per_run` PPO iterations, evaluates it off-policy against the
 /// promoted policy on held-out episodes, promotes it if not worse, saves the
 /// checkpoint, and writes `learned_policy.json` and `policy.safetensors` (the
-/// policy in effect after the run) to `out_dir`.
+/// policy in effect after the run) to `out_dir`. `progress` hears of the start
+/// and of every iteration.
 pub fn train(
     episodes: &[Episode],
     cfg: &RlConfig,
     out_dir: &Path,
     checkpoint_dir: &Path,
+    progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
     let problems = cfg.problems();
     if !problems.is_empty() {
@@ -108,6 +132,11 @@ pub fn train(
 
     let mut runs: Vec<IterationStats> = Vec::new();
     if !train_data.batch.is_empty() {
+        progress(TrainProgress::Started {
+            training_decisions: train_data.batch.len(),
+            logged_probabilities: train_data.logged.iter().filter(|l| **l).count(),
+            iterations: cfg.iterations_per_run,
+        });
         for iteration in 0..cfg.iterations_per_run {
             let stats = ppo::iterate(
                 &checkpoint.learner,
@@ -116,14 +145,10 @@ pub fn train(
                 &train_data,
                 cfg,
             )?;
-            tracing::info!(
-                iteration = iteration + 1,
-                of = cfg.iterations_per_run,
-                value_loss = stats.value_loss,
-                approx_kl = stats.approx_kl,
-                clip_fraction = stats.clip_fraction,
-                "rl: PPO iteration done"
-            );
+            progress(TrainProgress::Iteration {
+                iteration: iteration + 1,
+                stats: stats.clone(),
+            });
             runs.push(stats);
         }
     }
@@ -136,6 +161,8 @@ pub fn train(
             &checkpoint.promoted,
             &checkpoint.learner,
             cfg,
+            // Its own stream, so evaluation leaves training's untouched.
+            &mut Rng::new(cfg.seed ^ BOOTSTRAP_SEED),
         )?)
     };
     let promotion = decide(
@@ -244,6 +271,7 @@ pub fn training_data(
     let batch = Batch::new(&decisions, space, spec)?;
     let snapshot_probabilities = chosen_probabilities(snapshot, &batch, space)?;
     let mut behavior_log_probs = Vec::with_capacity(decisions.len());
+    let mut logged = Vec::with_capacity(decisions.len());
     let mut row = 0;
     for episode in episodes {
         let n = episode.decisions.len();
@@ -262,6 +290,7 @@ pub fn training_data(
             )?;
         }
         for (idx, decision) in episode.decisions.iter().enumerate() {
+            logged.push(decision.logged_probability.is_some());
             let probability = match (decision.logged_probability, &earlier) {
                 (Some(p), _) => {
                     behavior.trace += 1;
@@ -304,6 +333,7 @@ pub fn training_data(
         space: space.clone(),
         batch,
         behavior_log_probs,
+        logged,
         episodes: ranges,
         bootstrap_rows,
         bootstrap_states,
@@ -324,17 +354,29 @@ fn chosen_probabilities(net: &PolicyNet, batch: &Batch, space: &ActionSpace) -> 
         .collect())
 }
 
-/// IPS/SNIPS of the current and the candidate policy on held-out data.
+/// IPS/SNIPS, bootstrap bounds and effective sample size of the current and
+/// the candidate policy on the held-out episodes whose every decision has a
+/// logged probability (all held-out episodes when
+/// `promote_without_logged_propensities` allows guessed ones).
 fn evaluate(
     data: &TrainingData,
     current: &PolicyNet,
     candidate: &PolicyNet,
     cfg: &RlConfig,
+    rng: &mut Rng,
 ) -> Result<OffPolicyEvaluation> {
+    let usable: Vec<std::ops::Range<usize>> = data
+        .episodes
+        .iter()
+        .filter(|rows| {
+            cfg.promote_without_logged_propensities
+                || data.logged[(*rows).clone()].iter().all(|l| *l)
+        })
+        .cloned()
+        .collect();
     let logged = |net: &PolicyNet| -> Result<Vec<Vec<LoggedStep>>> {
         let target = chosen_probabilities(net, &data.batch, &data.space)?;
-        Ok(data
-            .episodes
+        Ok(usable
             .iter()
             .map(|rows| {
                 rows.clone()
@@ -347,16 +389,30 @@ fn evaluate(
             })
             .collect())
     };
-    let estimate = |net: &PolicyNet| -> Result<(PolicyEstimate, f64)> {
+    let params = BootstrapParams {
+        estimator: match cfg.promotion_estimator {
+            PromotionEstimator::Ips => Estimator::Ips,
+            PromotionEstimator::Snips => Estimator::Snips,
+        },
+        gamma: cfg.gamma,
+        weight_clip: cfg.importance_weight_clip,
+        confidence: cfg.promotion_confidence,
+        resamples: BOOTSTRAP_RESAMPLES,
+    };
+    let mut estimate = |net: &PolicyNet| -> Result<(PolicyEstimate, f64)> {
         let steps = logged(net)?;
-        let e = ope::estimate(&steps, cfg.gamma, cfg.importance_weight_clip);
+        let refs: Vec<&[LoggedStep]> = steps.iter().map(Vec::as_slice).collect();
+        let e = ope::estimate(&refs, cfg.gamma, cfg.importance_weight_clip);
+        let (lower_bound, upper_bound) = ope::bootstrap(&refs, params, rng);
         Ok((
             PolicyEstimate {
                 ips: e.ips,
                 snips: e.snips,
                 effective_sample_size: e.effective_sample_size,
+                lower_bound,
+                upper_bound,
             },
-            ope::logged_value(&steps, cfg.gamma),
+            ope::logged_value(&refs, cfg.gamma),
         ))
     };
     let (current, logging_policy_value) = estimate(current)?;
@@ -364,14 +420,19 @@ fn evaluate(
     Ok(OffPolicyEvaluation {
         held_out_episodes: data.episodes.len(),
         held_out_decisions: data.batch.len(),
+        evaluated_episodes: usable.len(),
+        logged_probability_decisions: data.logged.iter().filter(|l| **l).count(),
         importance_weight_clip: cfg.importance_weight_clip,
+        confidence: cfg.promotion_confidence,
         logging_policy_value,
         current,
         candidate,
     })
 }
 
-/// Whether the trained policy replaces the promoted one, and why.
+/// Whether the trained policy replaces the promoted one, and why: only when
+/// the candidate's lower confidence bound beats the current policy's
+/// estimate on enough held-out data with logged probabilities.
 fn decide(
     cfg: &RlConfig,
     untrained: bool,
@@ -404,16 +465,45 @@ fn decide(
             "no held-out episodes to evaluate the candidate on: not promoted".into(),
         );
     };
+    if evaluation.evaluated_episodes == 0 {
+        return promotion(
+            false,
+            "no held-out episode carries logged probabilities for all its decisions: \
+             off-policy evaluation needs them (set rl.promote_without_logged_propensities \
+             to evaluate with guessed ones): not promoted"
+                .into(),
+        );
+    }
+    let ess = evaluation.candidate.effective_sample_size;
+    if ess < cfg.min_effective_sample_size {
+        return promotion(
+            false,
+            format!(
+                "not enough held-out data: effective sample size {ess:.1} < \
+                 rl.min_effective_sample_size {}: not promoted",
+                cfg.min_effective_sample_size
+            ),
+        );
+    }
     let pick = |e: &PolicyEstimate| match cfg.promotion_estimator {
-        super::config::PromotionEstimator::Ips => e.ips,
-        super::config::PromotionEstimator::Snips => e.snips,
+        PromotionEstimator::Ips => e.ips,
+        PromotionEstimator::Snips => e.snips,
     };
-    let (candidate, current) = (pick(&evaluation.candidate), pick(&evaluation.current));
-    if candidate >= current - cfg.promotion_margin {
+    let current = pick(&evaluation.current);
+    let candidate = &evaluation.candidate;
+    let level = cfg.promotion_confidence * 100.0;
+    let interval = format!(
+        "candidate {} {:.4}, {level}% bounds [{:.4}, {:.4}]",
+        cfg.promotion_estimator.as_str(),
+        pick(candidate),
+        candidate.lower_bound,
+        candidate.upper_bound
+    );
+    if candidate.lower_bound > current + cfg.promotion_margin {
         promotion(
             true,
             format!(
-                "candidate estimate {candidate:.4} >= current {current:.4} - margin {}",
+                "{interval}: lower bound > current {current:.4} + margin {}",
                 cfg.promotion_margin
             ),
         )
@@ -421,7 +511,7 @@ fn decide(
         promotion(
             false,
             format!(
-                "candidate estimate {candidate:.4} < current {current:.4} - margin {}",
+                "{interval}: lower bound <= current {current:.4} + margin {}: not promoted",
                 cfg.promotion_margin
             ),
         )
@@ -501,38 +591,44 @@ pub struct ActRequest {
 }
 
 /// The promoted policy's probability for each available action (including
-/// answering without a tool), most likely first.
-pub fn act(checkpoint_dir: &Path, request: &ActRequest) -> Result<Vec<(String, f64)>> {
+/// answering without a tool) in each requested state, most likely first.
+/// The checkpoint is read once for all of them.
+pub fn act(checkpoint_dir: &Path, requests: &[ActRequest]) -> Result<Vec<Vec<(String, f64)>>> {
     let (state, policy) = checkpoint::load_promoted(checkpoint_dir)?;
     let spec = state.architecture().features;
-    let tools = if request.tools.is_empty() {
-        state.tools.clone()
-    } else {
-        request.tools.iter().cloned().collect()
-    };
-    let space = ActionSpace::new(&tools, spec)?;
-    let query = State {
-        input: request.input.clone(),
-        previous_tool: request.previous_tool.clone(),
-        previous_tool_error: request.previous_tool_error,
-        step_index: request.step_index,
-    };
-    let states = states_tensor(std::iter::once(&query), spec)?;
-    let mask = Tensor::zeros(
-        (1, space.names.len()),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )?;
-    let probabilities = policy
-        .action_log_probs(&states, &space.features, &mask)?
-        .exp()?
-        .squeeze(0)?
-        .to_vec1::<f32>()?;
-    let mut out: Vec<(String, f64)> = space
-        .names
-        .into_iter()
-        .zip(probabilities.into_iter().map(f64::from))
-        .collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Ok(out)
+    let known = ActionSpace::new(&state.tools, spec)?;
+    requests
+        .iter()
+        .map(|request| {
+            let space = if request.tools.is_empty() {
+                known.clone()
+            } else {
+                ActionSpace::new(&request.tools.iter().cloned().collect(), spec)?
+            };
+            let query = State {
+                input: request.input.clone(),
+                previous_tool: request.previous_tool.clone(),
+                previous_tool_error: request.previous_tool_error,
+                step_index: request.step_index,
+            };
+            let states = states_tensor(std::iter::once(&query), spec)?;
+            let mask = Tensor::zeros(
+                (1, space.names.len()),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?;
+            let probabilities = policy
+                .action_log_probs(&states, &space.features, &mask)?
+                .exp()?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+            let mut out: Vec<(String, f64)> = space
+                .names
+                .into_iter()
+                .zip(probabilities.into_iter().map(f64::from))
+                .collect();
+            out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            Ok(out)
+        })
+        .collect()
 }

@@ -124,6 +124,13 @@ fn pick_reward(rewards: &BTreeMap<String, f64>, cfg: &RlConfig) -> Result<Option
     }
 }
 
+fn valid_probability(probability: Option<f64>) -> Result<Option<f64>, SkipReason> {
+    match probability {
+        Some(p) if !(p > 0.0 && p <= 1.0) => Err(SkipReason::InvalidBehaviorProbability),
+        _ => Ok(probability),
+    }
+}
+
 fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, SkipReason> {
     let input = episode.input.clone().unwrap_or_default();
     let mut decisions: Vec<Decision> = Vec::new();
@@ -147,6 +154,9 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
                 .is_none_or(|llm| llm.tool_calls.is_empty())
     });
     let mut answer_reward = 0.0;
+    // The latest chat span's logged probability, until a decision uses it:
+    // the LLM call decides, so its span is where the probability belongs.
+    let mut chat_probability: Option<f64> = None;
 
     for (step_idx, step) in episode.steps.iter().enumerate() {
         let step_reward = pick_reward(&step.rewards, cfg)?;
@@ -154,6 +164,7 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
             StepKind::Llm => {
                 if let Some(llm) = &step.llm {
                     declared = llm.tools_available.clone();
+                    chat_probability = llm.policy.as_ref().map(|p| p.probability);
                 }
             }
             StepKind::Tool => {
@@ -163,14 +174,13 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
                 if !declared.is_empty() && !declared.contains(&step.name) {
                     return Err(SkipReason::UndeclaredTool);
                 }
-                let logged_probability = step
-                    .tool
-                    .as_ref()
-                    .and_then(|tool| tool.policy.as_ref())
-                    .map(|p| p.probability);
-                if logged_probability.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-                    return Err(SkipReason::InvalidBehaviorProbability);
-                }
+                let logged_probability = valid_probability(
+                    step.tool
+                        .as_ref()
+                        .and_then(|tool| tool.policy.as_ref())
+                        .map(|p| p.probability)
+                        .or(chat_probability.take()),
+                )?;
                 let penalty = if step.error {
                     cfg.tool_error_penalty
                 } else {
@@ -205,7 +215,7 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
             action: NO_TOOL.to_string(),
             declared_tools: declared.clone(),
             reward: answer_reward,
-            logged_probability: None,
+            logged_probability: valid_probability(chat_probability)?,
         });
     }
     if decisions.is_empty() {
@@ -316,7 +326,8 @@ mod tests {
         let actions: Vec<&str> = ep.decisions.iter().map(|d| d.action.as_str()).collect();
         assert_eq!(actions, ["search", "get_weather", NO_TOOL]);
         let rewards: Vec<f64> = ep.decisions.iter().map(|d| d.reward).collect();
-        assert_eq!(rewards, [0.25 - 0.1, 0.0, 0.5]);
+        // No error penalty on top of the trace's rewards by default (issue 9).
+        assert_eq!(rewards, [0.25, 0.0, 0.5]);
         assert_eq!(ep.decisions[0].logged_probability, Some(0.5));
         assert_eq!(
             ep.decisions[1].state.previous_tool.as_deref(),
@@ -343,6 +354,54 @@ mod tests {
             &named,
         );
         assert_eq!(out.episodes[0].decisions[0].reward, -0.5);
+    }
+
+    #[test]
+    fn error_penalty_applies_when_configured() {
+        let steps = vec![llm(&["search"], true), tool("search", true, None)];
+        let cfg = RlConfig {
+            tool_error_penalty: 0.1,
+            ..RlConfig::default()
+        };
+        let out = extract(&[episode(steps, &[("r", 1.0)])], &cfg);
+        assert_eq!(out.episodes[0].decisions[0].reward, 1.0 - 0.1);
+    }
+
+    /// Issue 9, items 1 and 2: the LLM call decides, so its span's logged
+    /// probability is the decision's, for a tool call and for an answer
+    /// without a tool; a probability on the tool span itself wins.
+    #[test]
+    fn decision_probabilities_come_from_the_chat_span() {
+        let with_policy = |mut step: Step, probability: f64| {
+            step.llm.as_mut().unwrap().policy = Some(PolicyChoice {
+                version: None,
+                probability,
+            });
+            step
+        };
+        let steps = vec![
+            with_policy(llm(&["search", "calc"], true), 0.7),
+            tool("search", false, None),
+            with_policy(llm(&["search", "calc"], true), 0.2),
+            tool("calc", false, Some(0.3)),
+            llm(&["search", "calc"], true),
+            tool("search", false, None),
+            with_policy(llm(&[], false), 0.9),
+        ];
+        let out = extract(&[episode(steps, &[("r", 1.0)])], &RlConfig::default());
+        let probabilities: Vec<Option<f64>> = out.episodes[0]
+            .decisions
+            .iter()
+            .map(|d| d.logged_probability)
+            .collect();
+        assert_eq!(probabilities, [Some(0.7), Some(0.3), None, Some(0.9)]);
+
+        let bad = vec![with_policy(llm(&[], false), 1.5)];
+        let out = extract(&[episode(bad, &[("r", 1.0)])], &RlConfig::default());
+        assert_eq!(
+            out.skipped.get(&SkipReason::InvalidBehaviorProbability),
+            Some(&1)
+        );
     }
 
     #[test]

@@ -250,9 +250,11 @@ pub(super) fn assemble(spans: &[Span]) -> Result<Episode, Diagnostic> {
         .min();
     let end = spans.iter().map(|s| s.end_time_unix_nano).max();
     let policy_version = find_attr("whetstone.policy.version").or_else(|| {
-        steps
-            .iter()
-            .find_map(|s| s.tool.as_ref()?.policy.as_ref()?.version.clone())
+        steps.iter().find_map(|s| {
+            let tool = s.tool.as_ref().and_then(|t| t.policy.as_ref());
+            let llm = s.llm.as_ref().and_then(|l| l.policy.as_ref());
+            tool.or(llm)?.version.clone()
+        })
     });
     Ok(Episode {
         trace_id,
@@ -346,6 +348,7 @@ fn llm_step(span: &Span) -> Step {
             tool_calls,
             tools_available: declared_tools(a),
             usage,
+            policy: policy_choice(span),
         }),
         tool: None,
     }
@@ -405,15 +408,7 @@ fn tool_step(span: &Span) -> Step {
         "agentlightning.operation.output",
     ])
     .map(|v| text_of(&unquote(v)));
-    let policy = a
-        .get("whetstone.policy.probability")
-        .and_then(Value::as_f64)
-        .map(|probability| PolicyChoice {
-            version: span
-                .str_attr("whetstone.policy.version")
-                .map(str::to_string),
-            probability,
-        });
+    let policy = policy_choice(span);
     let error = span.error || a.contains_key("error.type");
     let (start, duration) = step_timing(span);
     Step {
@@ -432,6 +427,21 @@ fn tool_step(span: &Span) -> Step {
             policy,
         }),
     }
+}
+
+/// The decision's behavior probability (`whetstone.policy.probability`) and
+/// policy version, on the chat span that decided or the tool span it ran.
+fn policy_choice(span: &Span) -> Option<PolicyChoice> {
+    let probability = span
+        .attributes
+        .get("whetstone.policy.probability")
+        .and_then(as_f64)?;
+    Some(PolicyChoice {
+        version: span
+            .str_attr("whetstone.policy.version")
+            .map(str::to_string),
+        probability,
+    })
 }
 
 /// Rewards a span carries: agent-lightning annotations

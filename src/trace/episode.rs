@@ -185,6 +185,10 @@ pub struct LlmCall {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools_available: Vec<String>,
     pub usage: TokenUsage,
+    /// Present when the agent made this call's decision (the tool it asked
+    /// for, or answering without one) by following Whetstone's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyChoice>,
 }
 
 /// Details of a tool execution step.
@@ -200,12 +204,13 @@ pub struct ToolCall {
     pub policy: Option<PolicyChoice>,
 }
 
-/// How the agent chose a tool when it followed Whetstone's policy.
+/// How the agent made a decision (a tool, or answering without one) when it
+/// followed Whetstone's policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyChoice {
     /// Version of the policy that made the choice.
     pub version: Option<String>,
-    /// Probability the policy gave the chosen tool (behavior probability).
+    /// Probability the policy gave the chosen action (behavior probability).
     pub probability: f64,
 }
 

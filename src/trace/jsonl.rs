@@ -88,15 +88,24 @@ pub(super) fn parse_episode(line: &str, source: &Source) -> Result<Episode, Diag
         ));
     }
     for (step_idx, step) in raw.steps.iter().enumerate() {
-        let policy = step.tool.as_ref().and_then(|tool| tool.policy.as_ref());
-        if let Some(policy) = policy.filter(|p| !(p.probability > 0.0 && p.probability <= 1.0)) {
-            return Err(fail(
-                Reason::InvalidField,
-                format!(
-                    "episode field `steps[{step_idx}].tool.policy.probability`: must be in (0, 1], got {}",
-                    policy.probability
-                ),
-            ));
+        let policies = [
+            (
+                "tool",
+                step.tool.as_ref().and_then(|tool| tool.policy.as_ref()),
+            ),
+            ("llm", step.llm.as_ref().and_then(|llm| llm.policy.as_ref())),
+        ];
+        for (part, policy) in policies {
+            if let Some(policy) = policy.filter(|p| !(p.probability > 0.0 && p.probability <= 1.0))
+            {
+                return Err(fail(
+                    Reason::InvalidField,
+                    format!(
+                        "episode field `steps[{step_idx}].{part}.policy.probability`: must be in (0, 1], got {}",
+                        policy.probability
+                    ),
+                ));
+            }
         }
     }
     let trace_id = match raw.trace_id {

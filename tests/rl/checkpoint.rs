@@ -42,6 +42,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
         &cfg,
         &tmp.path().join("out"),
         &tmp.path().join("split"),
+        &mut |_| {},
     )
     .unwrap();
     assert!(!first.resumed_from_checkpoint);
@@ -50,6 +51,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
         &cfg,
         &tmp.path().join("out"),
         &tmp.path().join("split"),
+        &mut |_| {},
     )
     .unwrap();
     assert!(second.resumed_from_checkpoint);
@@ -71,6 +73,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
         &once,
         &tmp.path().join("out"),
         &tmp.path().join("once"),
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!(
@@ -92,13 +95,16 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let dir = tmp.path().join("rl");
-    train(&episodes, &cfg, &out, &dir).unwrap();
+    train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap();
 
     let bigger = RlConfig {
         hidden_dim: 32,
         ..cfg.clone()
     };
-    let err = format!("{:#}", train(&episodes, &bigger, &out, &dir).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train(&episodes, &bigger, &out, &dir, &mut |_| {}).unwrap_err()
+    );
     assert!(
         err.contains("rl.hidden_dim is 32 but the checkpoint has 64"),
         "{err}"
@@ -114,11 +120,17 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(dir.join(learner), &bytes).unwrap();
-    let err = format!("{:#}", train(&episodes, &cfg, &out, &dir).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap_err()
+    );
     assert!(err.contains("SHA-256"), "{err}");
 
     std::fs::remove_file(dir.join("state.json")).unwrap();
-    let err = format!("{:#}", train(&episodes, &cfg, &out, &dir).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap_err()
+    );
     assert!(err.contains("refusing to start training over"), "{err}");
 }
 
@@ -144,6 +156,7 @@ fn bad_episodes_are_counted_in_the_report() {
         &cfg,
         &tmp.path().join("out"),
         &tmp.path().join("rl"),
+        &mut |_| {},
     )
     .unwrap();
     let skipped: Vec<(&str, usize)> = report
@@ -185,7 +198,7 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         holdout_fraction: 0.0,
         ..RlConfig::default()
     };
-    let first = train(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+    let first = train(&episodes, &cfg, &tmp.path().join("out"), &dir, &mut |_| {}).unwrap();
     let source = &first.behavior_probability_source;
     assert!(source.policy_snapshot > 0);
     assert_eq!((source.trace, source.frozen_earlier), (0, 0));
@@ -204,7 +217,7 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         "uniform: {p}"
     );
 
-    let second = train(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+    let second = train(&episodes, &cfg, &tmp.path().join("out"), &dir, &mut |_| {}).unwrap();
     let source = &second.behavior_probability_source;
     assert_eq!(
         source.policy_snapshot, 0,

@@ -3,7 +3,8 @@
 //! Weather questions need `get_weather`, arithmetic needs `calculator`,
 //! lookups need `search`, and greetings need an answer without a tool. The
 //! logging agent chose uniformly at random among the four and recorded the
-//! probability on its tool calls; the reward is 1 for the right action, else 0.
+//! probability on its tool calls and on the LLM call that answered without a
+//! tool; the reward is 1 for the right action, else 0.
 //! Shared by the RL tests and the PPO benchmark.
 
 use std::collections::BTreeMap;
@@ -129,6 +130,10 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
             let mut steps = Vec::new();
             if chosen == NO_TOOL {
                 call.output_text = Some("Hello! How can I help?".into());
+                call.policy = Some(PolicyChoice {
+                    version: Some("logging".into()),
+                    probability,
+                });
                 steps.push(Step::llm("gpt-test", call));
             } else {
                 call.tool_calls = vec![RequestedToolCall {

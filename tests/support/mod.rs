@@ -424,6 +424,7 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
                 tool_calls: Vec::new(),
                 tools_available: Vec::new(),
                 usage: TokenUsage::default(),
+                policy: None,
             },
         )],
         rewards: BTreeMap::from([("task_success".to_string(), reward)]),
