@@ -221,7 +221,7 @@ async fn train_all_runs_rl_after_apo_fails_and_points_to_the_ledger() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("RL: 24 episodes"), "{stdout}");
+    assert!(stdout.contains("from 24 of 24 episodes"), "{stdout}");
     assert!(stderr.contains("APO failed"), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot reach the LLM endpoint http://{addr}/v1")),

@@ -336,7 +336,7 @@ async fn policy_act(
         tools: body.tools,
     };
     let checkpoint_dir = lock(&state.checkpoint_dir).clone();
-    let probabilities = tokio::task::spawn_blocking(move || rl::act(&checkpoint_dir, &request))
+    let probabilities = tokio::task::spawn_blocking(move || rl::act(&checkpoint_dir, &[request]))
         .await
         .map_err(ApiError::internal)?
         .map_err(|err| {
@@ -344,7 +344,9 @@ async fn policy_act(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no policy to act with yet: {err:#}"),
             )
-        })?;
+        })?
+        .pop()
+        .unwrap_or_default();
     let (draw, decision) = {
         let mut rng = lock(&state.rng);
         (rng.next_f64(), rng.next_u64())

@@ -226,12 +226,24 @@ fn run_rl(
 ) -> anyhow::Result<RoundResult> {
     let config = &job.config;
     let episodes = episodes_upto(store, None, job.upto_episode_id)?;
-    progress(format!("PPO update on {} episodes", episodes.len()));
     let report = rl::train(
         &episodes,
         &config.rl,
         &job.output_dir,
         &config.data_dir.join("rl"),
+        &mut |event| match event {
+            rl::TrainProgress::Started {
+                training_decisions,
+                logged_probabilities,
+                iterations,
+            } => progress(format!(
+                "PPO on {training_decisions} decisions ({logged_probabilities} with a logged \
+                 probability), {iterations} iterations"
+            )),
+            rl::TrainProgress::Iteration { iteration, .. } => {
+                progress(format!("PPO iteration {iteration}"))
+            }
+        },
     )?;
     Ok(RoundResult {
         headline: format!(
