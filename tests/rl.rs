@@ -16,3 +16,6 @@ mod checkpoint;
 
 #[path = "rl/cli.rs"]
 mod cli;
+
+#[path = "rl/samples.rs"]
+mod samples;

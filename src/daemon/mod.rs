@@ -317,12 +317,13 @@ impl Daemon {
                 Some(Event::RoundEnded { kind, id, result }) => {
                     let round_dir = self.round_dir(id, kind);
                     match &result {
-                        Ok(result) => writeln!(
-                            out,
-                            "{}\n  outputs: {}",
-                            result.headline,
-                            round_dir.display()
-                        )?,
+                        Ok(result) => {
+                            writeln!(out, "{}", result.headline)?;
+                            for line in &result.details {
+                                writeln!(out, "  {line}")?;
+                            }
+                            writeln!(out, "  outputs: {}", round_dir.display())?;
+                        }
                         Err(err) => writeln!(out, "{} round {id} failed: {err}", kind.as_str())?,
                     }
                     self.round_ended(kind, id, result)?;

@@ -75,6 +75,8 @@ pub struct RoundResult {
     pub summary: String,
     /// One line for people.
     pub headline: String,
+    /// What was learned, a line each (shown by `daemon --once`).
+    pub details: Vec<String>,
     pub llm_calls: u64,
     pub llm_tokens: u64,
     pub policy_version: Option<u64>,
@@ -184,8 +186,14 @@ fn run_apo(
         ),
         None => format!("validation reward {}", summary.validation),
     };
+    let details = vec![format!(
+        "best prompt ({}): {}",
+        summary.best_variant_id,
+        summary.best_prompt.lines().next().unwrap_or_default()
+    )];
     Ok(RoundResult {
         candidate,
+        details,
         headline: format!(
             "APO on `{}`: {rewards}, {} LLM calls, stopped: {}; {}",
             summary.target_prompt, summary.llm_calls, summary.stop_reason, summary.decision
@@ -245,7 +253,21 @@ fn run_rl(
             }
         },
     )?;
+    let mut actions: Vec<_> = report.actions.iter().collect();
+    actions.sort_by(|a, b| b.1.greedy_frequency.total_cmp(&a.1.greedy_frequency));
+    let details = actions
+        .iter()
+        .map(|(action, summary)| {
+            format!(
+                "{action}: chosen in {:.0}% of logged decisions; the learned policy's top choice in {:.0}% of states (mean probability {:.2})",
+                summary.usage_frequency * 100.0,
+                summary.greedy_frequency * 100.0,
+                summary.learned_probability
+            )
+        })
+        .collect();
     Ok(RoundResult {
+        details,
         headline: format!(
             "PPO: {} training decisions, {} iterations; policy version {} {} ({})",
             report.episodes.training_decisions,
