@@ -41,7 +41,7 @@ async fn bench() {
                 settings.max_concurrency = concurrency;
                 let llm = LlmClient::new(settings).unwrap();
                 let conn = Connection::open_in_memory().unwrap();
-                conn.execute_batch(apo::cache::SCHEMA).unwrap();
+                apo::cache::create_tables(&conn).unwrap();
                 let budget = Budget::new(u64::MAX, u64::MAX, concurrency);
                 let scorer = if judged {
                     Scorer::LlmJudge {

@@ -17,50 +17,15 @@ use sha2::{Digest, Sha256};
 
 use crate::llm::CallRecord;
 
-/// Tables APO needs; idempotent, run it as a store migration.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS apo_eval_cache (
-    prompt_hash TEXT NOT NULL,
-    example_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    params_hash TEXT NOT NULL,
-    response TEXT NOT NULL,
-    score REAL NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    created_unix_ms INTEGER NOT NULL,
-    PRIMARY KEY (prompt_hash, example_id, model, params_hash)
-);
-CREATE TABLE IF NOT EXISTS apo_eval_feedback (
-    prompt_hash TEXT NOT NULL,
-    example_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    params_hash TEXT NOT NULL,
-    feedback TEXT NOT NULL,
-    PRIMARY KEY (prompt_hash, example_id, model, params_hash)
-);
-CREATE TABLE IF NOT EXISTS apo_rewrite_cache (
-    request_hash TEXT NOT NULL,
-    model TEXT NOT NULL,
-    params_hash TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created_unix_ms INTEGER NOT NULL,
-    PRIMARY KEY (request_hash, model, params_hash)
-);
-CREATE TABLE IF NOT EXISTS llm_call_ledger (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    model TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    latency_ms REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    created_unix_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS llm_call_ledger_run ON llm_call_ledger (run_id);
-";
+/// Lays out APO's tables (the store's migrations 2 and 6) in `conn`, for a
+/// database that is not a store: a scratch file in tests and benches.
+/// Idempotent.
+pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+    for sql in crate::store::migrations::APO_TABLES {
+        conn.execute_batch(sql)?;
+    }
+    Ok(())
+}
 
 /// Hex SHA-256 of `text`: the cache's prompt and parameter keys.
 pub fn hash_text(text: &str) -> String {
@@ -229,8 +194,8 @@ mod tests {
     #[test]
     fn cache_round_trip_and_ledger_rows() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        create_tables(&conn).unwrap();
+        create_tables(&conn).unwrap();
         let key = EvalKey {
             prompt_hash: hash_text("prompt"),
             example_id: "t1".into(),

@@ -268,10 +268,9 @@ pub async fn run(
     if !errors.is_empty() {
         anyhow::bail!("invalid APO configuration: {}", errors.join("; "));
     }
-    // The store creates these tables (migration 2); a connection to any
-    // other database (tests, a scratch file) gets them here. Idempotent.
-    conn.execute_batch(cache::SCHEMA)
-        .context("creating the APO cache tables")?;
+    // The store creates these tables (migrations 2 and 6); a connection to
+    // any other database (tests, a scratch file) gets them here.
+    cache::create_tables(conn).context("creating the APO cache tables")?;
     let run_id = format!(
         "apo-{}-{}",
         std::time::SystemTime::now()

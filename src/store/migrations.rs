@@ -106,7 +106,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX rejects_by_reason ON rejects (reason);
     "#,
     // 2: APO's evaluation cache, rewrite cache and LLM call ledger.
-    crate::apo::cache::SCHEMA,
+    APO_TABLES[0],
     // 3: episode bodies are zstd-compressed MessagePack blobs from now on
     // (JSON text ones still read), and the name indexes of the two narrow
     // per-episode tables go: statistics scan those tables whole anyway, and
@@ -195,5 +195,59 @@ pub const MIGRATIONS: &[&str] = &[
         detail     TEXT    NOT NULL
     );
     CREATE INDEX registry_audit_by_prompt ON registry_audit (prompt, id);
+    "#,
+    // 6: the judge's feedback beside each cached APO score (reflective
+    // mutation shows it to the rewriter).
+    APO_TABLES[1],
+];
+
+/// APO's tables, as migrations 2 and 6 create them. Idempotent (`IF NOT
+/// EXISTS`), so APO can also lay them out in a database that is not a store
+/// (a scratch file in tests and benches).
+pub const APO_TABLES: [&str; 2] = [
+    r#"
+    CREATE TABLE IF NOT EXISTS apo_eval_cache (
+        prompt_hash TEXT NOT NULL,
+        example_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        response TEXT NOT NULL,
+        score REAL NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (prompt_hash, example_id, model, params_hash)
+    );
+    CREATE TABLE IF NOT EXISTS apo_rewrite_cache (
+        request_hash TEXT NOT NULL,
+        model TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (request_hash, model, params_hash)
+    );
+    CREATE TABLE IF NOT EXISTS llm_call_ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        latency_ms REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        created_unix_ms INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS llm_call_ledger_run ON llm_call_ledger (run_id);
+    "#,
+    r#"
+    CREATE TABLE IF NOT EXISTS apo_eval_feedback (
+        prompt_hash TEXT NOT NULL,
+        example_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        feedback TEXT NOT NULL,
+        PRIMARY KEY (prompt_hash, example_id, model, params_hash)
+    );
     "#,
 ];

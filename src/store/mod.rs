@@ -273,6 +273,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_store_has_every_table_apo_lays_out_for_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tables = |conn: &Connection| -> Vec<String> {
+            let mut statement = conn
+                .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'apo%' OR name LIKE 'llm%' ORDER BY name")
+                .unwrap();
+            statement
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let scratch = Connection::open_in_memory().unwrap();
+        crate::apo::cache::create_tables(&scratch).unwrap();
+        assert_eq!(tables(&store.conn), tables(&scratch));
+        assert!(tables(&scratch).contains(&"apo_eval_feedback".to_string()));
+    }
+
+    #[test]
     fn read_only_open_reads_and_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
