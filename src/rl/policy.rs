@@ -132,7 +132,7 @@ impl PolicyNet {
         let params = self
             .params
             .iter()
-            .map(|(name, var)| Ok((*name, Var::from_tensor(&var.as_tensor().copy()?)?)))
+            .map(|(name, var)| Ok((*name, Var::from_tensor(&var.as_tensor().copy()?.detach())?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(PolicyNet {
             architecture: self.architecture,

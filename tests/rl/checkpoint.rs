@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use whetstone::rl::checkpoint::read_state;
+use whetstone::rl::features::stable_hash;
 use whetstone::rl::{RlConfig, train};
 use whetstone::trace::{Episode, StepKind};
 
@@ -229,4 +230,82 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
     );
     let again = std::fs::read_to_string(dir.join("behavior.jsonl")).unwrap();
     assert_eq!(again, frozen, "nothing new to freeze");
+}
+
+/// Issue 9, item 6: a newly trained policy that is worse than the promoted
+/// one is not promoted, and the interval behind the decision is reported.
+#[test]
+fn a_worse_candidate_is_not_promoted() {
+    let episodes = synthetic::episodes(800, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rl");
+    let out = tmp.path().join("out");
+    let cfg = RlConfig {
+        iterations_per_run: 10,
+        ..RlConfig::default()
+    };
+    let first = train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap();
+    assert!(first.promotion.promoted, "{:?}", first.promotion);
+    let weights = std::fs::read(out.join("policy.safetensors")).unwrap();
+    // Training episodes (not the held-out ones) with the reward inverted:
+    // the learner is taught the wrong tools.
+    let poisoned: Vec<Episode> = episodes
+        .iter()
+        .cloned()
+        .map(|mut episode| {
+            let held_out = ((stable_hash(cfg.seed, &episode.trace_id) >> 11) as f64
+                / (1u64 << 53) as f64)
+                < cfg.holdout_fraction;
+            if !held_out {
+                for reward in episode.rewards.values_mut() {
+                    *reward = 1.0 - *reward;
+                }
+            }
+            episode
+        })
+        .collect();
+    let second = train(&poisoned, &cfg, &out, &dir, &mut |_| {}).unwrap();
+    let ope = second.off_policy_evaluation.as_ref().unwrap();
+    assert!(ope.candidate.snips < ope.current.snips, "{ope:?}");
+    assert!(!second.promotion.promoted, "{:?}", second.promotion);
+    assert_eq!(second.promotion.policy_version, 1);
+    assert!(
+        second.promotion.reason.contains("95% bounds [")
+            && second.promotion.reason.contains("not promoted"),
+        "{}",
+        second.promotion.reason
+    );
+    assert_eq!(
+        std::fs::read(out.join("policy.safetensors")).unwrap(),
+        weights
+    );
+}
+
+/// Issue 9, item 9: below the minimum effective sample size the gate says
+/// there is not enough held-out data and does not promote.
+#[test]
+fn too_little_held_out_data_does_not_promote() {
+    let episodes = synthetic::episodes(40, 9);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RlConfig {
+        iterations_per_run: 1,
+        ..RlConfig::default()
+    };
+    let report = train(
+        &episodes,
+        &cfg,
+        &tmp.path().join("out"),
+        &tmp.path().join("rl"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!report.promotion.promoted, "{:?}", report.promotion);
+    assert!(
+        report
+            .promotion
+            .reason
+            .starts_with("not enough held-out data: effective sample size"),
+        "{}",
+        report.promotion.reason
+    );
 }
