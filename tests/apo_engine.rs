@@ -854,3 +854,75 @@ mod world {
         );
     }
 }
+
+/// The search on the benchmark world: six hidden instructions the baseline
+/// lacks, a noisy judge and a rewriter that sometimes drops what it should
+/// keep; `true_score` knows the optimum (1.0; the baseline scores 0.34).
+mod world_search {
+    use super::support::apo_world::{self, WorldServer};
+    use super::*;
+
+    async fn run_world(seed: u64, cfg: &ApoConfig) -> (ApoSummary, WorldServer) {
+        let server = WorldServer::start(seed).await;
+        let llm = LlmClient::new(server.settings()).unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let summary = apo::run(&apo_world::episodes(), cfg, &llm, &conn, out.path(), |_| {})
+            .await
+            .unwrap();
+        (summary, server)
+    }
+
+    /// With the defaults and 300 calls, the returned prompt recovers most of
+    /// the possible gain on every seed, never costs more than the budget, and
+    /// is never worse than the baseline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn defaults_find_the_hidden_instructions_within_300_calls() {
+        let baseline = apo_world::true_score(apo_world::BASELINE);
+        let mut total = 0.0;
+        for seed in 0..3 {
+            let mut cfg = ApoConfig {
+                seed,
+                ..ApoConfig::default()
+            };
+            cfg.budget.max_llm_calls = 300;
+            let (summary, server) = run_world(seed, &cfg).await;
+            assert!(server.calls().total() <= 300, "{:?}", server.calls());
+            assert!(summary.baseline_source.contains("version 3"), "{summary:?}");
+            let score = apo_world::true_score(&summary.best_prompt);
+            assert!(score >= baseline, "seed {seed}: {score} < {baseline}");
+            total += score;
+        }
+        let mean = total / 3.0;
+        assert!(mean >= 0.9, "mean true score {mean}");
+    }
+
+    /// Merges combine candidates that are each better on examples where the
+    /// other is worse, and are tried on those examples first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merges_combine_candidates_strong_on_different_examples() {
+        let mut cfg = only(ApoConfig::default(), &["critique_edit", "crossover"]);
+        cfg.children_per_generation = 4;
+        cfg.budget.max_llm_calls = 300;
+        let mut merges = 0;
+        for seed in 0..3 {
+            cfg.seed = seed;
+            let (summary, _) = run_world(seed, &cfg).await;
+            let by_id = |id: &str| summary.all_variants.iter().find(|v| v.id == id).unwrap();
+            for child in summary
+                .all_variants
+                .iter()
+                .filter(|v| v.operator == "crossover")
+            {
+                merges += 1;
+                let (a, b) = (by_id(&child.parent_ids[0]), by_id(&child.parent_ids[1]));
+                assert!(!apo::dominates(&a.scores, &b.scores), "{a:?}\n{b:?}");
+                assert!(!apo::dominates(&b.scores, &a.scores), "{a:?}\n{b:?}");
+                for id in &child.minibatch {
+                    assert_ne!(a.scores[id], b.scores[id], "{child:?}");
+                }
+            }
+        }
+        assert!(merges >= 3, "{merges} merges");
+    }
+}
