@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 use support::apo_world::{self, Calls, WorldServer};
-use whetstone::apo::{self, ApoConfig, ScorerConfig};
+use whetstone::apo::{self, ApoConfig};
 use whetstone::llm::LlmClient;
 
 /// One optimizer run.
@@ -132,14 +132,9 @@ async fn whetstone(budget: u64, seed: u64, scratch: &Path) -> Run {
     let server = WorldServer::start(seed).await;
     let out = scratch.join(format!("whetstone-{budget}-{seed}"));
     std::fs::create_dir_all(&out).unwrap();
-    let baseline_file = out.join("controller.txt");
-    std::fs::write(&baseline_file, apo_world::BASELINE).unwrap();
+    // The defaults: the baseline is the text the traces record, the
+    // meta-prompts and rubric the embedded ones.
     let mut cfg = ApoConfig {
-        baseline_prompt_file: baseline_file,
-        meta_prompt_dir: repo().join("prompts"),
-        scorer: ScorerConfig::LlmJudge {
-            rubric_file: repo().join("prompts/apo_judge.txt"),
-        },
         seed,
         ..ApoConfig::default()
     };
