@@ -12,7 +12,7 @@
 //! Run with `benches/apo_vs_gepa.sh` (it installs GEPA in a virtual
 //! environment and sets `WHETSTONE_GEPA_PYTHON`); without that variable only
 //! Whetstone runs. `APO_BENCH_BUDGETS` (default `150,300`) and
-//! `APO_BENCH_SEEDS` (default 3: seeds 1..=3) choose the grid. One CSV row per
+//! `APO_BENCH_SEEDS` (default 5: seeds 1..=5) choose the grid. One CSV row per
 //! run goes to stdout, then a Markdown table of means.
 
 #[path = "../tests/support/mod.rs"]
@@ -54,7 +54,7 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 
 fn main() {
     let budgets = env_list("APO_BENCH_BUDGETS", "150,300");
-    let seeds = env_list("APO_BENCH_SEEDS", "3")[0];
+    let seeds = env_list("APO_BENCH_SEEDS", "5")[0];
     let python = std::env::var("WHETSTONE_GEPA_PYTHON").ok();
     if python.is_none() {
         eprintln!(
@@ -115,7 +115,7 @@ fn main() {
             let (min, max) =
                 scores.fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
             println!(
-                "| {optimizer} | {budget} | {} | {:.3} | {min:.3}–{max:.3} | {:.0} / {:.0} / {:.0} | {:.1} |",
+                "| {optimizer} | {budget} | {} | {:.3} | {min:.3}–{max:.3} | {:.0} / {:.0} / {:.0} | {:.2} |",
                 group.len(),
                 mean(&|r| r.true_score),
                 mean(&|r| r.calls.task as f64),

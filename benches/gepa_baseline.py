@@ -29,15 +29,20 @@ calls by role and the number of candidates.
 
 import argparse
 import json
+import os
 import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import gepa
-import litellm
-from gepa.core.adapter import EvaluationBatch
-from gepa.lm import LM
+# litellm fetches its model price list from the internet on import unless
+# told to use the copy it ships; the bench talks to the loopback only.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import gepa  # noqa: E402
+import litellm  # noqa: E402
+from gepa.core.adapter import EvaluationBatch  # noqa: E402
+from gepa.lm import LM  # noqa: E402
 
 # Example ids (trace order) of the stratified validation set: together they
 # need every hidden instruction and the baseline's secrecy rule.
