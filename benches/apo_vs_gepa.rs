@@ -34,6 +34,8 @@ struct Run {
     true_score: f64,
     calls: Calls,
     wall_secs: f64,
+    /// Why the run ended, as the optimizer says.
+    stop_reason: String,
 }
 
 fn repo() -> PathBuf {
@@ -69,7 +71,7 @@ fn main() {
         apo_world::true_score(&apo_world::full_prompt())
     );
     println!(
-        "optimizer,budget,seed,true_score,task_calls,judge_calls,rewriter_calls,total_calls,wall_secs"
+        "optimizer,budget,seed,true_score,task_calls,judge_calls,rewriter_calls,total_calls,wall_secs,stop_reason"
     );
     let mut runs = Vec::new();
     for &budget in &budgets {
@@ -80,7 +82,7 @@ fn main() {
             }
             for run in pair {
                 println!(
-                    "{},{},{},{:.4},{},{},{},{},{:.2}",
+                    "{},{},{},{:.4},{},{},{},{},{:.2},\"{}\"",
                     run.optimizer,
                     run.budget,
                     run.seed,
@@ -89,7 +91,8 @@ fn main() {
                     run.calls.judge,
                     run.calls.rewriter,
                     run.calls.total(),
-                    run.wall_secs
+                    run.wall_secs,
+                    run.stop_reason.replace('"', "'")
                 );
                 runs.push(run);
             }
@@ -157,6 +160,7 @@ async fn whetstone(budget: u64, seed: u64, scratch: &Path) -> Run {
         true_score: apo_world::true_score(&summary.best_prompt),
         calls: server.calls(),
         wall_secs: started.elapsed().as_secs_f64(),
+        stop_reason: summary.stop_reason,
     }
 }
 
@@ -198,5 +202,6 @@ async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
         true_score: apo_world::true_score(best),
         calls,
         wall_secs,
+        stop_reason: format!("{} candidates", result["candidates"]),
     }
 }
