@@ -11,9 +11,11 @@
 //!
 //! Run with `benches/apo_vs_gepa.sh` (it installs GEPA in a virtual
 //! environment and sets `WHETSTONE_GEPA_PYTHON`); without that variable only
-//! Whetstone runs. `APO_BENCH_BUDGETS` (default `150,300`) and
-//! `APO_BENCH_SEEDS` (default 5: seeds 1..=5) choose the grid. One CSV row per
-//! run goes to stdout, then a Markdown table of means.
+//! Whetstone runs. `APO_BENCH_BUDGETS` (default `150,300`),
+//! `APO_BENCH_SEEDS` (default 5) and `APO_BENCH_FIRST_SEED` (default 1) choose
+//! the grid; `APO_BENCH_GEPA_ARGS` adds arguments to the GEPA script
+//! (`--split all`, `--merge`). One CSV row per run goes to stdout, then a
+//! Markdown table of means.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -57,6 +59,12 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 fn main() {
     let budgets = env_list("APO_BENCH_BUDGETS", "150,300");
     let seeds = env_list("APO_BENCH_SEEDS", "5")[0];
+    let first_seed = env_list("APO_BENCH_FIRST_SEED", "1")[0];
+    let gepa_args: Vec<String> = std::env::var("APO_BENCH_GEPA_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let python = std::env::var("WHETSTONE_GEPA_PYTHON").ok();
     if python.is_none() {
         eprintln!(
@@ -75,10 +83,10 @@ fn main() {
     );
     let mut runs = Vec::new();
     for &budget in &budgets {
-        for seed in 1..=seeds {
+        for seed in first_seed..first_seed + seeds {
             let mut pair = vec![runtime.block_on(whetstone(budget, seed, scratch.path()))];
             if let Some(python) = &python {
-                pair.push(runtime.block_on(gepa(python, budget, seed, scratch.path())));
+                pair.push(runtime.block_on(gepa(python, &gepa_args, budget, seed, scratch.path())));
             }
             for run in pair {
                 println!(
@@ -165,7 +173,7 @@ async fn whetstone(budget: u64, seed: u64, scratch: &Path) -> Run {
 }
 
 /// GEPA through `benches/gepa_baseline.py` against a fresh world server.
-async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
+async fn gepa(python: &str, extra: &[String], budget: u64, seed: u64, scratch: &Path) -> Run {
     let server = WorldServer::start(seed).await;
     let data = scratch.join("world_examples.json");
     std::fs::write(&data, apo_world::examples_json().to_string()).unwrap();
@@ -181,6 +189,7 @@ async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
         .args(["--budget", &budget.to_string(), "--seed", &seed.to_string()])
         .arg("--out")
         .arg(&out)
+        .args(extra)
         .status()
         .await
         .unwrap_or_else(|err| panic!("running {python}: {err}"));
