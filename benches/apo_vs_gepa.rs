@@ -16,6 +16,11 @@
 //! the grid; `APO_BENCH_GEPA_ARGS` adds arguments to the GEPA script
 //! (`--split all`, `--merge`). One CSV row per run goes to stdout, then a
 //! Markdown table of means.
+//!
+//! With `APO_WORLD_SERVE=<seed>` it only serves that world, for other
+//! optimizers to drive by hand: it prints the base URL and writes the
+//! examples JSON the GEPA script reads, then prints the calls by role on
+//! Ctrl-C.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -57,6 +62,15 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 }
 
 fn main() {
+    if let Ok(seed) = std::env::var("APO_WORLD_SERVE") {
+        let seed = seed
+            .parse()
+            .unwrap_or_else(|_| panic!("APO_WORLD_SERVE: `{seed}` is not a seed"));
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(serve(seed));
+        return;
+    }
     let budgets = env_list("APO_BENCH_BUDGETS", "150,300");
     let seeds = env_list("APO_BENCH_SEEDS", "5")[0];
     let first_seed = env_list("APO_BENCH_FIRST_SEED", "1")[0];
@@ -136,6 +150,23 @@ fn main() {
             );
         }
     }
+}
+
+/// Serves `World::new(seed)` until Ctrl-C.
+async fn serve(seed: u64) {
+    let server = WorldServer::start(seed).await;
+    let data = std::env::temp_dir().join(format!("apo_world_examples_{seed}.json"));
+    std::fs::write(&data, apo_world::examples_json().to_string()).unwrap();
+    println!("base_url {}", server.base_url());
+    println!("examples {}", data.display());
+    println!(
+        "models: task {}, judge {}, rewriter {}; Ctrl-C to stop",
+        apo_world::TASK_MODEL,
+        apo_world::JUDGE_MODEL,
+        apo_world::REWRITER_MODEL
+    );
+    tokio::signal::ctrl_c().await.unwrap();
+    println!("calls {:?}", server.calls());
 }
 
 /// Whetstone's `apo::run` with default settings under the call cap.
