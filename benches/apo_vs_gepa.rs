@@ -11,9 +11,16 @@
 //!
 //! Run with `benches/apo_vs_gepa.sh` (it installs GEPA in a virtual
 //! environment and sets `WHETSTONE_GEPA_PYTHON`); without that variable only
-//! Whetstone runs. `APO_BENCH_BUDGETS` (default `150,300`) and
-//! `APO_BENCH_SEEDS` (default 3: seeds 1..=3) choose the grid. One CSV row per
-//! run goes to stdout, then a Markdown table of means.
+//! Whetstone runs. `APO_BENCH_BUDGETS` (default `150,300`),
+//! `APO_BENCH_SEEDS` (default 5) and `APO_BENCH_FIRST_SEED` (default 1) choose
+//! the grid; `APO_BENCH_GEPA_ARGS` adds arguments to the GEPA script
+//! (`--split all`, `--merge`). One CSV row per run goes to stdout, then a
+//! Markdown table of means.
+//!
+//! With `APO_WORLD_SERVE=<seed>` it only serves that world, for other
+//! optimizers to drive by hand: it prints the base URL and writes the
+//! examples JSON the GEPA script reads, then prints the calls by role on
+//! Ctrl-C.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -34,6 +41,8 @@ struct Run {
     true_score: f64,
     calls: Calls,
     wall_secs: f64,
+    /// Why the run ended, as the optimizer says.
+    stop_reason: String,
 }
 
 fn repo() -> PathBuf {
@@ -53,8 +62,23 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 }
 
 fn main() {
+    if let Ok(seed) = std::env::var("APO_WORLD_SERVE") {
+        let seed = seed
+            .parse()
+            .unwrap_or_else(|_| panic!("APO_WORLD_SERVE: `{seed}` is not a seed"));
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(serve(seed));
+        return;
+    }
     let budgets = env_list("APO_BENCH_BUDGETS", "150,300");
-    let seeds = env_list("APO_BENCH_SEEDS", "3")[0];
+    let seeds = env_list("APO_BENCH_SEEDS", "5")[0];
+    let first_seed = env_list("APO_BENCH_FIRST_SEED", "1")[0];
+    let gepa_args: Vec<String> = std::env::var("APO_BENCH_GEPA_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let python = std::env::var("WHETSTONE_GEPA_PYTHON").ok();
     if python.is_none() {
         eprintln!(
@@ -69,18 +93,18 @@ fn main() {
         apo_world::true_score(&apo_world::full_prompt())
     );
     println!(
-        "optimizer,budget,seed,true_score,task_calls,judge_calls,rewriter_calls,total_calls,wall_secs"
+        "optimizer,budget,seed,true_score,task_calls,judge_calls,rewriter_calls,total_calls,wall_secs,stop_reason"
     );
     let mut runs = Vec::new();
     for &budget in &budgets {
-        for seed in 1..=seeds {
+        for seed in first_seed..first_seed + seeds {
             let mut pair = vec![runtime.block_on(whetstone(budget, seed, scratch.path()))];
             if let Some(python) = &python {
-                pair.push(runtime.block_on(gepa(python, budget, seed, scratch.path())));
+                pair.push(runtime.block_on(gepa(python, &gepa_args, budget, seed, scratch.path())));
             }
             for run in pair {
                 println!(
-                    "{},{},{},{:.4},{},{},{},{},{:.2}",
+                    "{},{},{},{:.4},{},{},{},{},{:.2},\"{}\"",
                     run.optimizer,
                     run.budget,
                     run.seed,
@@ -89,7 +113,8 @@ fn main() {
                     run.calls.judge,
                     run.calls.rewriter,
                     run.calls.total(),
-                    run.wall_secs
+                    run.wall_secs,
+                    run.stop_reason.replace('"', "'")
                 );
                 runs.push(run);
             }
@@ -115,7 +140,7 @@ fn main() {
             let (min, max) =
                 scores.fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
             println!(
-                "| {optimizer} | {budget} | {} | {:.3} | {min:.3}–{max:.3} | {:.0} / {:.0} / {:.0} | {:.1} |",
+                "| {optimizer} | {budget} | {} | {:.3} | {min:.3}–{max:.3} | {:.0} / {:.0} / {:.0} | {:.2} |",
                 group.len(),
                 mean(&|r| r.true_score),
                 mean(&|r| r.calls.task as f64),
@@ -125,6 +150,23 @@ fn main() {
             );
         }
     }
+}
+
+/// Serves `World::new(seed)` until Ctrl-C.
+async fn serve(seed: u64) {
+    let server = WorldServer::start(seed).await;
+    let data = std::env::temp_dir().join(format!("apo_world_examples_{seed}.json"));
+    std::fs::write(&data, apo_world::examples_json().to_string()).unwrap();
+    println!("base_url {}", server.base_url());
+    println!("examples {}", data.display());
+    println!(
+        "models: task {}, judge {}, rewriter {}; Ctrl-C to stop",
+        apo_world::TASK_MODEL,
+        apo_world::JUDGE_MODEL,
+        apo_world::REWRITER_MODEL
+    );
+    tokio::signal::ctrl_c().await.unwrap();
+    println!("calls {:?}", server.calls());
 }
 
 /// Whetstone's `apo::run` with default settings under the call cap.
@@ -152,11 +194,12 @@ async fn whetstone(budget: u64, seed: u64, scratch: &Path) -> Run {
         true_score: apo_world::true_score(&summary.best_prompt),
         calls: server.calls(),
         wall_secs: started.elapsed().as_secs_f64(),
+        stop_reason: summary.stop_reason,
     }
 }
 
 /// GEPA through `benches/gepa_baseline.py` against a fresh world server.
-async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
+async fn gepa(python: &str, extra: &[String], budget: u64, seed: u64, scratch: &Path) -> Run {
     let server = WorldServer::start(seed).await;
     let data = scratch.join("world_examples.json");
     std::fs::write(&data, apo_world::examples_json().to_string()).unwrap();
@@ -172,6 +215,7 @@ async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
         .args(["--budget", &budget.to_string(), "--seed", &seed.to_string()])
         .arg("--out")
         .arg(&out)
+        .args(extra)
         .status()
         .await
         .unwrap_or_else(|err| panic!("running {python}: {err}"));
@@ -193,5 +237,6 @@ async fn gepa(python: &str, budget: u64, seed: u64, scratch: &Path) -> Run {
         true_score: apo_world::true_score(best),
         calls,
         wall_secs,
+        stop_reason: format!("{} candidates", result["candidates"]),
     }
 }

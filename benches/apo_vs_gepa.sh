@@ -4,7 +4,9 @@
 # Creates a virtual environment outside the repository with the pinned GEPA
 # (default ~/.cache/whetstone/gepa-venv, or $WHETSTONE_GEPA_VENV), then runs
 # `cargo bench --bench apo_vs_gepa`. APO_BENCH_BUDGETS (default 150,300) and
-# APO_BENCH_SEEDS (default 3) choose the grid. Needs python3 >= 3.10 and PyPI.
+# APO_BENCH_SEEDS (default 5), APO_BENCH_FIRST_SEED (default 1) choose the grid;
+# APO_BENCH_GEPA_ARGS passes arguments to benches/gepa_baseline.py (--merge,
+# --split all). Needs python3 >= 3.10 and PyPI.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${WHETSTONE_GEPA_VENV:-$HOME/.cache/whetstone/gepa-venv}"

@@ -5,7 +5,8 @@ server and runs this script once per (budget, seed) against it; run it
 through `benches/apo_vs_gepa.sh`, which installs the pinned `gepa` package
 in a virtual environment outside the repository.
 
-GEPA (`gepa.optimize`, package defaults unless said here) drives the same
+GEPA (`gepa.optimize`, package defaults unless said here; --merge adds
+the merge proposer) drives the same
 three models Whetstone does, through litellm (`gepa.lm.LM`) pointed at the
 server:
 - the task model replays each example with the candidate as its system
@@ -29,15 +30,20 @@ calls by role and the number of candidates.
 
 import argparse
 import json
+import os
 import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import gepa
-import litellm
-from gepa.core.adapter import EvaluationBatch
-from gepa.lm import LM
+# litellm fetches its model price list from the internet on import unless
+# told to use the copy it ships; the bench talks to the loopback only.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import gepa  # noqa: E402
+import litellm  # noqa: E402
+from gepa.core.adapter import EvaluationBatch  # noqa: E402
+from gepa.lm import LM  # noqa: E402
 
 # Example ids (trace order) of the stratified validation set: together they
 # need every hidden instruction and the baseline's secrecy rule.
@@ -167,6 +173,7 @@ def main():
     parser.add_argument("--budget", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--split", choices=["stratified", "all"], default="stratified")
+    parser.add_argument("--merge", action="store_true", help="also use GEPA's merge proposer")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -200,6 +207,7 @@ def main():
         stop_callbacks=[lambda state: ledger.used() >= args.budget],
         raise_on_exception=False,
         seed=args.seed,
+        use_merge=args.merge,
         display_progress_bar=False,
         logger=FileLogger(args.out + ".log"),
     )

@@ -822,7 +822,7 @@ mod world {
             )
         };
         let baseline = apo_world::true_score(BASELINE);
-        let (mut better, mut same, mut worse) = (0, 0, 0);
+        let (mut better, mut same, mut worse, mut reflected_better) = (0, 0, 0, 0);
         for seed in 0..60u64 {
             let world = World::new(seed);
             let ask = |text: String| {
@@ -846,12 +846,24 @@ mod world {
                 std::cmp::Ordering::Equal => same += 1,
                 std::cmp::Ordering::Less => worse += 1,
             }
+            // GEPA's reflection: the same evidence and a request for a new
+            // instruction in one call, answered in a fenced block.
+            let reflected = ask(format!(
+                "I provided an assistant with the following instructions to perform a task for me:\n```\n{BASELINE}\n```\n\nThe following are examples of different task inputs provided to the assistant along with the assistant's response for each of them, and some feedback on how the assistant's response could be better:\n```\n{failures}```\n\nYour task is to write a new instruction for the assistant.\n\nProvide the new instructions within ``` blocks."
+            ));
+            assert!(reflected.starts_with("```\n"), "{reflected}");
+            if apo_world::true_score(reflected.trim_matches('`').trim()) > baseline {
+                reflected_better += 1;
+            }
         }
-        eprintln!("better {better} same {same} worse {worse}");
+        eprintln!(
+            "better {better} same {same} worse {worse}; reflection better {reflected_better}"
+        );
         assert!(
             (20..=50).contains(&better) && same >= 5 && worse >= 2,
             "{better} {same} {worse}"
         );
+        assert!((20..=50).contains(&reflected_better), "{reflected_better}");
     }
 }
 
