@@ -892,6 +892,7 @@ mod world_search {
     async fn defaults_find_the_hidden_instructions_within_300_calls() {
         let baseline = apo_world::true_score(apo_world::BASELINE);
         let mut total = 0.0;
+        let mut restored = 0;
         for seed in 0..3 {
             let mut cfg = ApoConfig {
                 seed,
@@ -903,10 +904,23 @@ mod world_search {
             assert!(summary.baseline_source.contains("version 3"), "{summary:?}");
             let score = apo_world::true_score(&summary.best_prompt);
             assert!(score >= baseline, "seed {seed}: {score} < {baseline}");
+            // The rewriter drops and rewords instructions; the baseline's
+            // prohibitions are put back before any child is scored.
+            let guard = apo::Guardrails::new(apo_world::BASELINE, &[], true, 100_000);
+            for variant in &summary.all_variants {
+                if !variant.scores.is_empty() {
+                    assert_eq!(
+                        guard.missing_prohibitions(&variant.text),
+                        Vec::<&str>::new()
+                    );
+                }
+                restored += variant.restored.len();
+            }
             total += score;
         }
         let mean = total / 3.0;
         assert!(mean >= 0.9, "mean true score {mean}");
+        assert!(restored > 0, "no dropped prohibition was put back");
     }
 
     /// Merges combine candidates that are each better on examples where the
