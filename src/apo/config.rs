@@ -136,15 +136,15 @@ impl Default for ApoConfig {
 
 /// Prior weight of an operator. Reflection (critique then edit) is what
 /// finds missing instructions, so it is drawn most; merging combines what
-/// reflection found on different examples; the cheap heuristic edits rarely
-/// help a capable task model and start with half a share. The bandit then
+/// reflection found on different examples; rewording and the cheap heuristic
+/// edits rarely help a capable task model and start with small shares. The bandit then
 /// moves choice toward whatever gains most per call.
 fn default_weight(operator: &str) -> f64 {
     match operator {
         "critique_edit" => 6.0,
         "crossover" => 2.0,
-        "paraphrase" => 1.0,
-        _ => 0.5,
+        "paraphrase" => 0.5,
+        _ => 0.2,
     }
 }
 

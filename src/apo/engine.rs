@@ -102,6 +102,9 @@ pub struct Variant {
     pub status: VariantStatus,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<String>,
+    /// Prohibitions of the baseline the rewrite dropped and the engine put back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<String>,
     /// The examples its acceptance test was run on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub minibatch: Vec<String>,
@@ -129,6 +132,7 @@ impl Variant {
             text,
             status: VariantStatus::Unscored,
             violations: Vec::new(),
+            restored: Vec::new(),
             minibatch: Vec::new(),
             scores: BTreeMap::new(),
             mean: None,
@@ -596,7 +600,17 @@ async fn search(
                 bandit.fail(plan.arm, 0);
                 continue;
             };
-            let text = text.trim_end().to_string();
+            // A prohibition the rewrite dropped is put back, word for word.
+            let mut text = text.trim_end().to_string();
+            let restored: Vec<String> = guardrails
+                .missing_prohibitions(&text)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            let mut rng = Rng::new(plan.seed);
+            for prohibition in &restored {
+                text = mutate::insert_instruction(&text, prohibition, &mut rng);
+            }
             if text.trim().is_empty() || !seen.insert(guardrails::normalize(&text)) {
                 duplicates += u64::from(!text.trim().is_empty());
                 bandit.fail(plan.arm, paid_calls);
@@ -609,6 +623,7 @@ async fn search(
                 .map(|idx| variants[*idx].id.clone())
                 .collect();
             child.minibatch = plan.minibatch.clone();
+            child.restored = restored;
             child.violations = guardrails.check(&child.text);
             if child.violations.is_empty() {
                 children.push((variants.len(), plan, paid_calls));

@@ -257,7 +257,7 @@ pub fn add_constraint(prompt: &str, rng: &mut Rng) -> Option<String> {
 }
 
 /// Adds `instruction` to a random list, or as a new last paragraph.
-fn insert_instruction(prompt: &str, instruction: &str, rng: &mut Rng) -> String {
+pub fn insert_instruction(prompt: &str, instruction: &str, rng: &mut Rng) -> String {
     let mut lines = parse(prompt);
     let groups = lists(&lines);
     if groups.is_empty() {

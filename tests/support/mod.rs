@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod apo_world;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
