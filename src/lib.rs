@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod llm;
+pub mod plugin;
 pub mod rl;
 pub mod rng;
 pub mod store;

@@ -35,6 +35,7 @@ pub use llm::LlmConfig;
 pub use traces::TracesConfig;
 pub use validate::{Checker, Invalid};
 
+use crate::plugin::PluginsConfig;
 use crate::rl::RlConfig;
 
 /// The whole configuration. Defaults are documented in `config.toml`.
@@ -51,6 +52,8 @@ pub struct Config {
     pub rl: RlConfig,
     /// Automatic prompt optimization.
     pub apo: ApoConfig,
+    /// Sandboxed WebAssembly plugins.
+    pub plugins: PluginsConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             llm: LlmConfig::default(),
             rl: RlConfig::default(),
             apo: ApoConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl Config {
         check.section("llm", |check| self.llm.validate(check));
         check.section("rl", |check| self.rl.validate(check));
         check.section("apo", |check| self.apo.check(check));
+        check.section("plugins", |check| self.plugins.validate(check));
         check.finish()
     }
 
@@ -83,6 +88,7 @@ impl Config {
         self.data_dir = base.join(&self.data_dir);
         self.traces.resolve_paths(base);
         self.apo.resolve_paths(base);
+        self.plugins.resolve_paths(base);
     }
 }
 
