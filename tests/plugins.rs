@@ -1,6 +1,9 @@
 //! Integration tests of the WebAssembly plugin host (`whetstone::plugin`),
 //! on the real components built from `plugins/` (issue 10).
 
+#[path = "plugins/cli.rs"]
+mod cli;
+
 #[path = "plugins/guests.rs"]
 mod guests;
 

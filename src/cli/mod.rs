@@ -6,6 +6,7 @@
 //! one variant and one match arm here.
 
 mod config_cmd;
+mod plugins;
 mod policy;
 pub mod traces;
 mod train;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Check and show the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// List the plugins folder; check one plugin.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
     /// Ask the learned tool-selection policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.verbose);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
+        Command::Plugins(command) => plugins::run(command, &cli.global.load_config()?),
         Command::Policy(command) => policy::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
         Command::Train(args) => train::run(args, &cli.global.load_config()?),
