@@ -25,6 +25,68 @@ pub enum PluginsCommand {
         /// The plugin's `.wasm` component.
         file: PathBuf,
     },
+    /// Create a plugin crate in ./NAME that builds with `cargo build
+    /// --release` (SDK and WIT included).
+    New {
+        /// What the plugin provides.
+        #[arg(value_parser = ["reward", "mutator"])]
+        world: String,
+        /// Crate name (letters, digits, `-`, `_`).
+        name: String,
+    },
+}
+
+/// Writes the crate `name` of `world` into `dir` (which must not exist).
+fn scaffold(dir: &std::path::Path, world: &str, name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    anyhow::ensure!(
+        valid,
+        "invalid plugin name {name:?}: use letters, digits, `-` and `_`, starting with a letter"
+    );
+    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    let lib = name.replace('-', "_");
+    let template = if world == "reward" {
+        include_str!("scaffold/reward.rs.in")
+    } else {
+        include_str!("scaffold/mutator.rs.in")
+    };
+    let files: [(&str, String); 6] = [
+        (
+            "Cargo.toml",
+            include_str!("scaffold/Cargo.toml.in").replace("{name}", name),
+        ),
+        (
+            ".cargo/config.toml",
+            "[build]\ntarget = \"wasm32-wasip2\"\n".to_owned(),
+        ),
+        (
+            "src/lib.rs",
+            template.replace("{name}", name).replace("{lib}", &lib),
+        ),
+        (
+            "sdk/Cargo.toml",
+            include_str!("scaffold/sdk_Cargo.toml").to_owned(),
+        ),
+        (
+            "sdk/src/lib.rs",
+            include_str!("../../plugins/sdk/src/lib.rs").to_owned(),
+        ),
+        (
+            "wit/since_v0.1.0/plugin.wit",
+            include_str!("../../plugins/wit/since_v0.1.0/plugin.wit").to_owned(),
+        ),
+    ];
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir))
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// An episode for the smoke call of a reward plugin.
@@ -32,6 +94,15 @@ const SMOKE_EPISODE: &str = r#"{"trace_id":"smoke","format":"whetstone_jsonl","p
 
 /// Runs one plugins command.
 pub fn run(command: &PluginsCommand, config: &Config) -> anyhow::Result<()> {
+    if let PluginsCommand::New { world, name } = command {
+        let dir = PathBuf::from(name);
+        scaffold(&dir, world, name)?;
+        let lib = name.replace('-', "_");
+        return Ok(write_stdout(&format!(
+            "created {world} plugin {name}: cd {name} && cargo build --release \
+             (needs `rustup target add wasm32-wasip2`) → target/wasm32-wasip2/release/{lib}.wasm\n"
+        ))?);
+    }
     let host = PluginHost::new(&HostOptions {
         cache_dir: Some(config.data_dir.join("plugin-cache")),
         max_concurrent_calls: config.plugins.max_concurrent_calls,
@@ -57,6 +128,7 @@ pub fn run(command: &PluginsCommand, config: &Config) -> anyhow::Result<()> {
             write_stdout(&out)?;
             Ok(())
         }
+        PluginsCommand::New { .. } => unreachable!("handled above"),
         PluginsCommand::Check { file } => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;

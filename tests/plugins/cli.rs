@@ -75,3 +75,51 @@ fn list_shows_loaded_plugins_and_load_failures_and_check_runs_a_smoke_call() {
         "{stderr}"
     );
 }
+
+#[test]
+fn new_scaffolds_a_crate_that_builds_with_one_cargo_command_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        .args(["plugins", "new", "reward", "my-reward"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let crate_dir = dir.path().join("my-reward");
+    let target_dir = guests::workspace().join("target");
+    // Shares the guest workspace's target dir (and, offline, its crates).
+    let build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--offline"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target_dir.join("wasm32-wasip2/release/my_reward.wasm");
+    let config = dir.path().join("whetstone.toml");
+    std::fs::write(&config, "data_dir = \"state\"\n").unwrap();
+    let (ok, stdout, stderr) = whetstone(&config, &["plugins", "check", wasm.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("smoke call: score(sample episode) = [steps_ok=1]"),
+        "{stdout}"
+    );
+
+    let again = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        .args(["plugins", "new", "reward", "my-reward"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing folder is not overwritten"
+    );
+}
