@@ -7,6 +7,7 @@
 
 mod config_cmd;
 mod daemon;
+mod plugins;
 mod policy;
 mod prompts;
 mod status;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Check and show the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// List the plugins folder; check one plugin.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
     /// Ask the learned tool-selection policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -110,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.verbose, cli.global.log_format);
     match &cli.command {
         Command::Config(command) => config_cmd::run(command, &cli.global),
+        Command::Plugins(command) => plugins::run(command, &cli.global.load_config()?),
         Command::Policy(command) => policy::run(command, &cli.global),
         Command::Traces(command) => traces::run(command, &cli.global.load_config()?),
         Command::Train(args) => train::run(args, &cli.global.load_config()?),

@@ -41,6 +41,7 @@ pub use llm::LlmConfig;
 pub use traces::TracesConfig;
 pub use validate::{Checker, Invalid};
 
+use crate::plugin::PluginsConfig;
 use crate::registry::RegistryConfig;
 use crate::rl::RlConfig;
 
@@ -64,6 +65,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The prompt registry: A/B statistics, guardrails, rollout.
     pub registry: RegistryConfig,
+    /// Sandboxed WebAssembly plugins.
+    pub plugins: PluginsConfig,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             daemon: DaemonConfig::default(),
             api: ApiConfig::default(),
             registry: RegistryConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl Config {
         check.section("daemon", |check| self.daemon.validate(check));
         check.section("api", |check| self.api.validate(check));
         check.section("registry", |check| self.registry.validate(check));
+        check.section("plugins", |check| self.plugins.validate(check));
         check.finish()
     }
 
@@ -102,6 +107,7 @@ impl Config {
         self.data_dir = base.join(&self.data_dir);
         self.traces.resolve_paths(base);
         self.apo.resolve_paths(base);
+        self.plugins.resolve_paths(base);
         self.daemon.resolve_paths(base);
     }
 

@@ -1,0 +1,45 @@
+//! `[plugins]`: where plugins are found and their default limits.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::Limits;
+use crate::config::Checker;
+
+/// Plugin settings. Defaults are documented in `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folder of `NAME.wasm` components (and optional `NAME.toml`);
+    /// relative to the config file's directory.
+    pub dir: PathBuf,
+    /// Plugin calls running at once; more wait their turn.
+    pub max_concurrent_calls: u32,
+    /// Default limits of every call.
+    pub limits: Limits,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("plugins"),
+            max_concurrent_calls: 8,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// Range checks, reported into `check`.
+    pub fn validate(&self, check: &mut Checker) {
+        check.not_empty_path("dir", &self.dir);
+        check.in_range("max_concurrent_calls", self.max_concurrent_calls, 1..=1024);
+        check.section("limits", |check| self.limits.validate(check));
+    }
+
+    /// Makes `dir` absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.dir = base.join(&self.dir);
+    }
+}
