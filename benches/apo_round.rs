@@ -9,7 +9,7 @@
 //!
 //! Run with `cargo bench --bench apo_round`; results go to stdout as CSV.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

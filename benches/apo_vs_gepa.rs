@@ -1,5 +1,5 @@
 //! Whetstone's APO against GEPA on the shared benchmark world
-//! (`tests/support/apo_world.rs`), at equal caps on total LLM calls.
+//! (`tests/it/support/apo_world.rs`), at equal caps on total LLM calls.
 //!
 //! For each budget and seed, each optimizer gets a fresh world server seeded
 //! alike: Whetstone runs `apo::run` with the default `[apo]` settings (judge
@@ -22,7 +22,7 @@
 //! examples JSON the GEPA script reads, then prints the calls by role on
 //! Ctrl-C.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

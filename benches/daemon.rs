@@ -17,7 +17,7 @@
 //!
 //! Run with `cargo bench --bench daemon`; results go to stdout.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 #[path = "corpus.rs"]

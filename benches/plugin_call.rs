@@ -12,7 +12,7 @@
 //! Run: `cargo bench --bench plugin_call` (WHETSTONE_BENCH_CALLS, default
 //! 20000). Record the output in docs/BENCHMARKS.md.
 
-#[path = "../tests/plugins/guests.rs"]
+#[path = "../tests/it/plugins/guests.rs"]
 mod guests;
 
 use std::time::Instant;

@@ -17,7 +17,7 @@ use whetstone::rl::transitions::{EpisodeDecisions, extract};
 use whetstone::rl::{RlConfig, ppo, train};
 use whetstone::rng::Rng;
 
-#[path = "../tests/rl/synthetic.rs"]
+#[path = "../tests/it/rl/synthetic.rs"]
 mod synthetic;
 
 fn ppo_update(c: &mut Criterion) {

@@ -2,7 +2,7 @@
 //! `--cb_explore_adf`), the logging policy and the optimum, on the same
 //! logged data (issue 9).
 //!
-//! Logs runs of the synthetic agent of `tests/rl/world.rs` (ε-greedy keyword
+//! Logs runs of the synthetic agent of `tests/it/rl/world.rs` (ε-greedy keyword
 //! router, probabilities on the chat spans) as OTLP/JSON, ingests them
 //! through the real import path, trains with the default `[rl]` config, and
 //! gives VW the same training decisions (`train`'s held-out split removed)
@@ -29,7 +29,7 @@ use whetstone::rl::features::stable_hash;
 use whetstone::rl::{RlConfig, train};
 
 #[allow(dead_code)]
-#[path = "../tests/rl/world.rs"]
+#[path = "../tests/it/rl/world.rs"]
 mod world;
 
 use world::{ACTIONS, ANSWER, HeldOut, LoggedEpisode, Obs, Score};

@@ -1,16 +1,12 @@
 //! Integration tests of the WebAssembly plugin host (`whetstone::plugin`),
 //! on the real components built from `plugins/` (issue 10).
 
-#[path = "plugins/cli.rs"]
 mod cli;
 
-#[path = "plugins/guests.rs"]
 mod guests;
 
-#[path = "plugins/hostile.rs"]
 mod hostile;
 
-#[path = "plugins/loading.rs"]
 mod loading;
 
 use std::path::{Path, PathBuf};

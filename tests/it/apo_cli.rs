@@ -1,12 +1,12 @@
 //! `whetstone train --mode apo`, run as the real binary against the local
 //! OpenAI-compatible test server.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::TestServer;
+use crate::support::TestServer;
 
 async fn whetstone(dir: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_whetstone"));

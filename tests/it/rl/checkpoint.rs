@@ -8,7 +8,7 @@ use whetstone::rl::features::stable_hash;
 use whetstone::rl::{RlConfig, train};
 use whetstone::trace::{Episode, StepKind};
 
-use crate::synthetic;
+use super::synthetic;
 
 /// Episodes whose every decision has a logged behavior probability, so
 /// training does not depend on which policy is promoted.

@@ -1,12 +1,12 @@
 //! APO end to end against the local OpenAI-compatible test server.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::{Fault, TestServer, episodes};
 use rusqlite::Connection;
-use support::{Fault, TestServer, episodes};
 use whetstone::apo::{self, ApoConfig, ApoSummary, ProgressEvent, ScorerConfig};
 use whetstone::llm::{Backoff, LlmClient};
 

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-mod support;
-
+use crate::support::append;
 use serde_json::{Value, json};
-use support::append;
 use whetstone::ingest::{IngestOptions, IngestReport, Progress, ingest_paths};
 use whetstone::store::{EpisodeFilter, Store};
 use whetstone::trace::{Reason, TraceFormat};

@@ -1,10 +1,10 @@
 //! The LLM client against the local test server: retries, faults, keys.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use support::{Fault, TestServer};
+use crate::support::{Fault, TestServer};
 use whetstone::config::LlmConfig;
 use whetstone::llm::{Backoff, ChatRequest, LlmClient, Outcome, Role};
 use whetstone::trace::Message;

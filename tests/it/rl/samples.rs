@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::world;
+use super::world;
 
 /// Episodes in the sample: enough for PPO to learn from (about a thousand
 /// decisions), small enough to ship.

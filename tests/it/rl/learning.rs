@@ -6,7 +6,7 @@
 
 use whetstone::rl::{RlConfig, train};
 
-use crate::world::{self, HeldOut};
+use super::world::{self, HeldOut};
 
 #[test]
 fn default_run_beats_the_logging_policy_and_nears_the_optimum() {

@@ -2,15 +2,15 @@
 //! the local OpenAI-compatible test server: traces arriving in pieces, a
 //! rotated file, rounds triggered, config edits, kill -9 mid-round, SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{TestServer, append, free_port};
 use serde_json::{Value, json};
-use support::{TestServer, append, free_port};
 
 /// A Controller episode as a Whetstone JSONL line.
 fn controller_line(idx: usize) -> String {

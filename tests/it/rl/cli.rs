@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::synthetic;
+use super::synthetic;
 
 fn whetstone(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_whetstone"))

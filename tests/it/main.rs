@@ -1,0 +1,17 @@
+//! The integration tests: one binary (each links the whole crate), a module
+//! per area. `support` is the local OpenAI-compatible test server and the
+//! episode builders they share.
+
+mod support;
+
+mod apo_cli;
+mod apo_engine;
+mod apo_llm_client;
+mod cli_config;
+mod daemon;
+mod ingest;
+mod plugins;
+mod registry;
+mod rl;
+mod trace_fixtures;
+mod trace_readers;
