@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::plugin::{HostOptions, PluginHost, PluginSet};
 use crate::registry::{self, Decision, Lineage, PromptRegistry};
 use crate::store::{NewRound, Store, now_unix_ms};
 
@@ -65,6 +66,7 @@ enum Event {
     PollTick,
     DebounceElapsed,
     Ingested(Result<IngestReport, String>),
+    PluginsReloaded,
     RoundEnded {
         kind: RoundKind,
         id: i64,
@@ -91,6 +93,9 @@ struct Daemon {
     options: DaemonOptions,
     store: Store,
     registry: PromptRegistry,
+    /// The plugins of `[plugins] dir`, reloaded on change.
+    plugins: Arc<PluginSet>,
+    plugins_reloading: bool,
     shared: Arc<ApiState>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
@@ -155,6 +160,7 @@ impl Daemon {
             match watcher::watch(
                 &config.traces.dir,
                 options.config_file.as_deref(),
+                Some(&config.plugins.dir),
                 change_tx,
             ) {
                 Ok(watcher) => Some(watcher),
@@ -182,12 +188,23 @@ impl Daemon {
         };
         let resume = interrupted_rounds(&store)?;
         let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
+        let host = PluginHost::new(&HostOptions {
+            cache_dir: Some(config.data_dir.join("plugin-cache")),
+            max_concurrent_calls: config.plugins.max_concurrent_calls,
+        })?;
+        let plugins = Arc::new(PluginSet::new(
+            host,
+            config.plugins.dir.clone(),
+            config.plugins.limits,
+        ));
         let (cancel, _) = watch::channel(false);
         Ok(Daemon {
             config,
             options,
             store,
             registry,
+            plugins,
+            plugins_reloading: false,
             shared,
             events_tx,
             events,
@@ -246,12 +263,15 @@ impl Daemon {
                     }
                 }
                 Event::Change(Change::Config) => self.reload_config(),
+                Event::Change(Change::Plugins) => self.reload_plugins(),
+                Event::PluginsReloaded => self.plugins_reloading = false,
                 Event::DebounceElapsed => {
                     self.debounce_until = None;
                     self.request_ingest(false);
                 }
                 Event::PollTick => {
                     self.request_ingest(false);
+                    self.reload_plugins();
                     self.start_due_rounds().await?;
                 }
                 Event::Ingested(report) => {
@@ -611,6 +631,55 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Reloads `[plugins] dir` on a blocking thread (compiling a changed
+    /// plugin takes a while): changed files load anew, a failed load keeps
+    /// the previous version, a removed file unloads. The outcome goes to
+    /// the status and the log.
+    fn reload_plugins(&mut self) {
+        if self.plugins_reloading {
+            return;
+        }
+        self.plugins_reloading = true;
+        let plugins = Arc::clone(&self.plugins);
+        let shared = Arc::clone(&self.shared);
+        let events = self.events_tx.clone();
+        let dir = self.config.plugins.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = plugins.reload();
+            for name in &report.loaded {
+                tracing::info!(plugin = %name, "plugin loaded");
+            }
+            for name in &report.unloaded {
+                tracing::info!(plugin = %name, "plugin unloaded (its file is gone)");
+            }
+            for err in &report.failed {
+                tracing::error!("{err}");
+            }
+            let mut status = shared.status_mut();
+            status.plugins = plugins
+                .plugins()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} ({}, whetstone:plugin@{})",
+                        p.name,
+                        p.world.as_str(),
+                        p.version.as_str()
+                    )
+                })
+                .collect();
+            status.plugin_errors = report
+                .failed
+                .iter()
+                .map(ToString::to_string)
+                // No folder means no plugins, not a problem.
+                .chain(report.dir_error.filter(|_| dir.exists()))
+                .collect();
+            drop(status);
+            let _ = events.blocking_send(Event::PluginsReloaded);
+        });
     }
 
     /// Lets every running A/B test act on what was just ingested.

@@ -40,6 +40,11 @@ pub struct Status {
     pub policy_version: Option<u64>,
     /// Why APO does not run, when it does not (e.g. no reachable endpoint).
     pub apo_disabled: Option<String>,
+    /// Plugins loaded from `[plugins] dir`, as `name (world, WIT version)`.
+    pub plugins: Vec<String>,
+    /// Why plugins failed to load at the last reload (a previous version,
+    /// if any, stays loaded).
+    pub plugin_errors: Vec<String>,
 }
 
 /// Ingestion counters since start.

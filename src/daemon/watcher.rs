@@ -16,20 +16,28 @@ pub enum Change {
     Traces,
     /// The configuration file (written, replaced, or removed).
     Config,
+    /// Something in the plugins folder.
+    Plugins,
 }
 
-/// Watches `traces_dir` recursively and the file `config_file` (through its
-/// folder, so an editor's save-by-rename is seen), sending [`Change`]s.
+/// Watches `traces_dir` recursively, the file `config_file` (through its
+/// folder, so an editor's save-by-rename is seen) and the folder
+/// `plugins_dir` when it exists, sending [`Change`]s.
 /// Errors are returned for the caller to report; the daemon then relies on
 /// polling.
 pub fn watch(
     traces_dir: &Path,
     config_file: Option<&Path>,
+    plugins_dir: Option<&Path>,
     sender: mpsc::Sender<Change>,
 ) -> notify::Result<RecommendedWatcher> {
     let traces = traces_dir.to_path_buf();
     let config: Option<PathBuf> = config_file.map(Path::to_path_buf);
     let config_for_events = config.clone();
+    let plugins: Option<PathBuf> = plugins_dir
+        .filter(|dir| dir.is_dir())
+        .map(Path::to_path_buf);
+    let plugins_for_events = plugins.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
@@ -42,6 +50,11 @@ pub fn watch(
             // A full channel already holds a wake-up; dropping is fine.
             let _ = sender.try_send(Change::Config);
         }
+        if let Some(plugins) = &plugins_for_events
+            && touches(&|p| p.parent() == Some(plugins.as_path()))
+        {
+            let _ = sender.try_send(Change::Plugins);
+        }
         if touches(&|p| p.starts_with(&traces)) {
             let _ = sender.try_send(Change::Traces);
         }
@@ -53,6 +66,9 @@ pub fn watch(
         .filter(|parent| *parent != traces_dir)
     {
         watcher.watch(parent, RecursiveMode::NonRecursive)?;
+    }
+    if let Some(plugins) = &plugins {
+        watcher.watch(plugins, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
 }

@@ -274,6 +274,37 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
     let status = String::from_utf8(status.stdout).unwrap();
     assert!(status.contains("ingested: 24 episodes"), "{status}");
 
+    // A plugin dropped into the plugins folder loads without a restart; a
+    // broken one is reported and the daemon keeps serving.
+    let plugins = setup.dir.path().join("plugins");
+    fs::create_dir_all(&plugins).unwrap();
+    fs::copy(
+        crate::plugins::guests::wasm("tool_errors_reward"),
+        plugins.join("tool_errors_reward.wasm"),
+    )
+    .unwrap();
+    fs::write(plugins.join("broken.wasm"), b"not a component").unwrap();
+    let status = setup
+        .wait_for("/v1/status", 60, |s| {
+            s["plugins"].as_array().is_some_and(|p| !p.is_empty())
+                && s["plugin_errors"].as_array().is_some_and(|e| !e.is_empty())
+        })
+        .await;
+    assert!(
+        status["plugins"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("tool_errors_reward (reward"),
+        "{status:#}"
+    );
+    assert!(
+        status["plugin_errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("`broken`"),
+        "{status:#}"
+    );
+
     // A valid edit applies from the next round; an invalid one is reported
     // with every problem and the running configuration stays.
     setup.write_config(&setup.config(Some(1), ""));

@@ -3,7 +3,7 @@
 
 mod cli;
 
-mod guests;
+pub(crate) mod guests;
 
 mod hostile;
 
