@@ -200,6 +200,14 @@ fn rl_summary(report: &rl::TrainReport) -> String {
     let decisions = source.trace + source.policy_snapshot + source.frozen_earlier;
     let share = 100.0 * source.trace as f64 / decisions.max(1) as f64;
     let estimate = match &report.off_policy_evaluation {
+        // No held-out decision with a logged propensity: nothing was
+        // estimated (the reason below says so).
+        Some(ope)
+            if !ope.candidate.effective_sample_size.is_finite()
+                || ope.candidate.effective_sample_size == 0.0 =>
+        {
+            String::new()
+        }
         Some(ope) => {
             let candidate = &ope.candidate;
             let point = match report.promotion.estimator.as_str() {
