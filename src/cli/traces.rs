@@ -263,6 +263,24 @@ fn write_stats(
             )?;
         }
     }
+    if !stats.step_rewards.is_empty() {
+        writeln!(out, "step rewards (name, steps, mean):")?;
+        for reward in &stats.step_rewards {
+            writeln!(
+                out,
+                "  {:<30} {:>8} {:>10.4}",
+                reward.name, reward.count, reward.mean
+            )?;
+        }
+    }
+    for attribute in &stats.unknown_attributes {
+        writeln!(
+            out,
+            "warning: unknown attribute `{}` on {} spans (first at {}); Whetstone reads \
+             whetstone.prompt.name/version, whetstone.reward.<name>, whetstone.policy.version/probability",
+            attribute.name, attribute.places, attribute.example
+        )?;
+    }
     writeln!(
         out,
         "pending: {} spans in {} traces",
@@ -299,6 +317,12 @@ fn stats_json(stats: &Stats, first_rejects: &[StoredReject]) -> serde_json::Valu
         })).collect::<Vec<_>>(),
         "rewards": stats.rewards.iter().map(|r| json!({
             "name": r.name, "count": r.count, "mean": r.mean, "min": r.min, "max": r.max,
+        })).collect::<Vec<_>>(),
+        "step_rewards": stats.step_rewards.iter().map(|r| json!({
+            "name": r.name, "count": r.count, "mean": r.mean,
+        })).collect::<Vec<_>>(),
+        "unknown_attributes": stats.unknown_attributes.iter().map(|a| json!({
+            "name": a.name, "places": a.places, "example": a.example,
         })).collect::<Vec<_>>(),
         "pending_spans": stats.pending_spans,
         "pending_traces": stats.pending_traces,

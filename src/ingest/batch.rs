@@ -68,6 +68,12 @@ impl<'s> Batch<'s> {
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
         report.spans_duplicate += staged.duplicates;
+        for span in &staged.spans {
+            for name in trace::unknown_whetstone_attributes(span) {
+                self.tx
+                    .insert_unknown_attribute(name, &span.source.file, span.source.line)?;
+            }
+        }
         let stored = self.tx.trace_state(trace_id)?;
         if stored.finalized {
             for span in &staged.spans {

@@ -113,7 +113,36 @@ impl<'c> IngestTx<'c> {
         for (name, (n_calls, n_errors)) in tools {
             insert_tool.execute(params![episode_id, name, n_calls, n_errors])?;
         }
+        let mut step_rewards: BTreeMap<&str, (i64, f64)> = BTreeMap::new();
+        for (name, value) in episode.steps.iter().flat_map(|s| &s.rewards) {
+            let entry = step_rewards.entry(name.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += value;
+        }
+        let mut insert_step_reward = self.tx.prepare_cached(
+            "INSERT OR REPLACE INTO episode_step_rewards (episode_id, name, n, total)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (name, (n, total)) in step_rewards {
+            insert_step_reward.execute(params![episode_id, name, n, total])?;
+        }
         Ok(true)
+    }
+
+    /// Records that attribute `name`, which no reader uses, was seen at
+    /// `file:line` (once per name and place).
+    pub fn insert_unknown_attribute(
+        &self,
+        name: &str,
+        file: &str,
+        line: u64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO unknown_attributes (name, file, line) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, file, line as i64])?;
+        Ok(())
     }
 
     /// Records a reject unless the same one is already recorded. Returns

@@ -199,6 +199,24 @@ pub const MIGRATIONS: &[&str] = &[
     // 6: the judge's feedback beside each cached APO score (reflective
     // mutation shows it to the rewriter).
     APO_TABLES[1],
+    // 7: what `traces stats` shows besides rewards: step rewards by name, and
+    // `whetstone.*` attributes no reader uses (one row per name and place,
+    // so re-reading a file counts nothing twice).
+    r#"
+    CREATE TABLE episode_step_rewards (
+        episode_id INTEGER NOT NULL,
+        name       TEXT    NOT NULL,
+        n          INTEGER NOT NULL,
+        total      REAL    NOT NULL,
+        PRIMARY KEY (episode_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE unknown_attributes (
+        name TEXT    NOT NULL,
+        file TEXT    NOT NULL,
+        line INTEGER NOT NULL,
+        PRIMARY KEY (name, file, line)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// APO's tables, as migrations 2 and 6 create them. Idempotent (`IF NOT

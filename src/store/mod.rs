@@ -29,7 +29,9 @@ pub use episodes::{EpisodeFilter, StoredEpisode};
 pub use ingest_tx::{IngestTx, RejectRow, TraceState};
 pub use registry::{AbTestRow, AuditEntry, Change, PromptVersion};
 pub use rounds::{Arrivals, NewRound, Round, RoundStatus};
-pub use stats::{PromptCount, RewardSummary, Stats, StoredReject, ToolUsage};
+pub use stats::{
+    PromptCount, RewardSummary, Stats, StepRewardSummary, StoredReject, ToolUsage, UnknownAttribute,
+};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE_NAME: &str = "whetstone.db";

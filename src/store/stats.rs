@@ -16,6 +16,11 @@ pub struct Stats {
     pub tools: Vec<ToolUsage>,
     /// Final rewards per reward name.
     pub rewards: Vec<RewardSummary>,
+    /// Step rewards per reward name (`min` and `max` are per episode sums).
+    pub step_rewards: Vec<StepRewardSummary>,
+    /// `whetstone.*` attributes no reader uses (likely misspelled): name,
+    /// places seen, and the first place.
+    pub unknown_attributes: Vec<UnknownAttribute>,
     /// Spans waiting for the rest of their trace.
     pub pending_spans: u64,
     /// Traces those spans belong to.
@@ -62,6 +67,26 @@ pub struct RewardSummary {
     pub mean: f64,
     pub min: f64,
     pub max: f64,
+}
+
+/// Step rewards of one name over all episodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRewardSummary {
+    pub name: String,
+    /// Steps that carried it.
+    pub count: u64,
+    /// Mean value per step.
+    pub mean: f64,
+}
+
+/// A `whetstone.*` attribute no reader uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownAttribute {
+    pub name: String,
+    /// Spans (file and line) it was seen on.
+    pub places: u64,
+    /// One of them, as `file:line`.
+    pub example: String,
 }
 
 impl Store {
@@ -123,6 +148,34 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        let step_rewards = self
+            .conn
+            .prepare(
+                "SELECT name, SUM(n), SUM(total) / SUM(n)
+                 FROM episode_step_rewards GROUP BY name ORDER BY name",
+            )?
+            .query_map([], |row| {
+                Ok(StepRewardSummary {
+                    name: row.get(0)?,
+                    count: row.get::<_, i64>(1)? as u64,
+                    mean: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let unknown_attributes = self
+            .conn
+            .prepare(
+                "SELECT name, COUNT(*), MIN(file || ':' || line)
+                 FROM unknown_attributes GROUP BY name ORDER BY name",
+            )?
+            .query_map([], |row| {
+                Ok(UnknownAttribute {
+                    name: row.get(0)?,
+                    places: row.get::<_, i64>(1)? as u64,
+                    example: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         let (pending_spans, pending_traces) = self.pending_counts()?;
         Ok(Stats {
             episodes: count("SELECT COUNT(*) FROM episodes")?,
@@ -135,6 +188,8 @@ impl Store {
             episodes_by_prompt,
             tools,
             rewards,
+            step_rewards,
+            unknown_attributes,
             pending_spans,
             pending_traces,
             rejects_by_reason: pairs(

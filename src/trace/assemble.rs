@@ -831,3 +831,22 @@ fn as_u64(value: &Value) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The `whetstone.*` attributes of `span` that Whetstone does not read (a
+/// misspelling such as `whetstone.step.reward` for `whetstone.reward.<name>`),
+/// so they can be reported instead of vanishing.
+pub(super) fn unknown_whetstone_attributes(span: &Span) -> impl Iterator<Item = &str> {
+    span.attributes.keys().map(String::as_str).filter(|key| {
+        key.starts_with("whetstone.")
+            && !matches!(
+                *key,
+                "whetstone.prompt.name"
+                    | "whetstone.prompt.version"
+                    | "whetstone.policy.version"
+                    | "whetstone.policy.probability"
+            )
+            && key
+                .strip_prefix("whetstone.reward.")
+                .is_none_or(str::is_empty)
+    })
+}

@@ -157,6 +157,12 @@ pub fn parse_document(bytes: &[u8], file: &str) -> Result<Record, Diagnostic> {
     )
 }
 
+/// The `whetstone.*` attribute names on `span` that no reader uses: most
+/// likely misspelled, reported by `traces stats` as warnings.
+pub fn unknown_whetstone_attributes(span: &Span) -> impl Iterator<Item = &str> {
+    assemble::unknown_whetstone_attributes(span)
+}
+
 /// Builds one episode from all spans of one trace (any order).
 ///
 /// The root span (no parent) gives the episode's status, timing and, where

@@ -844,6 +844,78 @@ fn rotated_file_keeps_its_unread_tail_and_is_not_read_twice() {
     assert_eq!(trace_ids(&store), ids(0..8));
 }
 
+#[test]
+fn unknown_whetstone_attributes_are_counted_and_step_rewards_shown_by_name() {
+    // Issue 9: `whetstone.step.reward` (for `whetstone.reward.<name>`) used
+    // to vanish without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otel.jsonl");
+    let with = |mut span: Value, key: &str, value: f64| {
+        span["attributes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": key, "value": {"doubleValue": value}}));
+        span
+    };
+    let tool = with(
+        span(
+            TRACE_A,
+            "00000000000000a2",
+            Some("00000000000000a1"),
+            "tool",
+        ),
+        "whetstone.reward.cost",
+        -0.05,
+    );
+    let misspelled = with(
+        span(
+            TRACE_A,
+            "00000000000000a3",
+            Some("00000000000000a1"),
+            "tool",
+        ),
+        "whetstone.step.reward",
+        1.0,
+    );
+    let root = span(TRACE_A, "00000000000000a1", None, "root");
+    append(&file, &otlp_line(vec![tool, misspelled, root]));
+    let mut store = Store::open(&dir.path().join("data")).unwrap();
+    import(&mut store, &[&file], &small_batches());
+    import(&mut store, &[&file], &small_batches()); // read again: counted once
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        stats.unknown_attributes.len(),
+        1,
+        "{:?}",
+        stats.unknown_attributes
+    );
+    let unknown = &stats.unknown_attributes[0];
+    assert_eq!(
+        (unknown.name.as_str(), unknown.places),
+        ("whetstone.step.reward", 1)
+    );
+    assert!(unknown.example.ends_with("otel.jsonl:1"), "{unknown:?}");
+    assert_eq!(stats.step_rewards.len(), 1);
+    assert_eq!(
+        (
+            stats.step_rewards[0].name.as_str(),
+            stats.step_rewards[0].mean
+        ),
+        ("cost", -0.05)
+    );
+
+    let output = whetstone(&dir.path().join("data"))
+        .args(["traces", "stats"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("warning: unknown attribute `whetstone.step.reward`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("step rewards"), "{stdout}");
+}
+
 // --- The binary --------------------------------------------------------------
 
 /// The binary, configured to keep its store in `data_dir`.
