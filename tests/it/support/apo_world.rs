@@ -1279,10 +1279,10 @@ impl WorldServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        WorldServer { addr, state }
+        WorldServer {
+            addr: super::serve(app).await,
+            state,
+        }
     }
 
     pub fn base_url(&self) -> String {

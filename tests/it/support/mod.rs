@@ -66,16 +66,24 @@ pub struct TestServer {
     pub state: Arc<ServerState>,
 }
 
+/// Serves `app` on a free loopback port until the test's runtime ends.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         let state = Arc::new(ServerState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        TestServer { addr, state }
+        TestServer {
+            addr: serve(app).await,
+            state,
+        }
     }
 
     pub fn base_url(&self) -> String {
