@@ -88,11 +88,11 @@ impl Store {
 
     /// Every committed cursor.
     pub fn cursors(&self) -> Result<Vec<FileCursor>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare(&format!("SELECT {CURSOR_COLUMNS} FROM file_cursors"))?;
-        let rows = statement.query_map([], cursor_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            &format!("SELECT {CURSOR_COLUMNS} FROM file_cursors"),
+            [],
+            cursor_from_row,
+        )
     }
 
     /// Moves cursors to the paths their files were renamed to, all in one

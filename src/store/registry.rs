@@ -249,21 +249,20 @@ impl Store {
 
     /// Every version of a prompt, oldest first.
     pub fn prompt_versions(&self, prompt: &str) -> Result<Vec<PromptVersion>, StoreError> {
-        let mut statement = self.conn.prepare(&format!(
-            "SELECT {VERSION_COLUMNS} FROM prompt_versions WHERE prompt = ?1 ORDER BY id"
-        ))?;
-        let rows = statement.query_map([prompt], version_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            &format!("SELECT {VERSION_COLUMNS} FROM prompt_versions WHERE prompt = ?1 ORDER BY id"),
+            [prompt],
+            version_from_row,
+        )
     }
 
     /// Registered prompt names with their number of versions.
     pub fn registered_prompts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut statement = self.conn.prepare(
+        self.query_rows(
             "SELECT prompt, COUNT(*) FROM prompt_versions GROUP BY prompt ORDER BY prompt",
-        )?;
-        let rows =
-            statement.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            [],
+            |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+        )
     }
 
     /// Points `label` of `prompt` at `version`.
@@ -289,11 +288,11 @@ impl Store {
 
     /// The labels of a prompt: (label, version).
     pub fn prompt_labels(&self, prompt: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT label, version FROM prompt_labels WHERE prompt = ?1 ORDER BY label")?;
-        let rows = statement.query_map([prompt], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            "SELECT label, version FROM prompt_labels WHERE prompt = ?1 ORDER BY label",
+            [prompt],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
     }
 
     /// Starts an A/B test (at most one runs per prompt); returns its id.
@@ -352,11 +351,11 @@ impl Store {
 
     /// Every running A/B test.
     pub fn running_ab_tests(&self) -> Result<Vec<AbTestRow>, StoreError> {
-        let mut statement = self.conn.prepare(&format!(
-            "SELECT {TEST_COLUMNS} FROM ab_tests WHERE status = 'running' ORDER BY id"
-        ))?;
-        let rows = statement.query_map([], test_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            &format!("SELECT {TEST_COLUMNS} FROM ab_tests WHERE status = 'running' ORDER BY id"),
+            [],
+            test_from_row,
+        )
     }
 
     /// Moves a running test to rollout `stage` (traffic `split`), counting
@@ -426,19 +425,19 @@ impl Store {
 
     /// The newest audit entries of a prompt, newest first.
     pub fn registry_audit(&self, prompt: &str, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut statement = self.conn.prepare(
+        self.query_rows(
             "SELECT at_unix_ms, actor, action, prompt, detail FROM registry_audit
              WHERE prompt = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = statement.query_map(params![prompt, limit as i64], |row| {
-            Ok(AuditEntry {
-                at_unix_ms: row.get(0)?,
-                actor: row.get(1)?,
-                action: row.get(2)?,
-                prompt: row.get(3)?,
-                detail: row.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![prompt, limit as i64],
+            |row| {
+                Ok(AuditEntry {
+                    at_unix_ms: row.get(0)?,
+                    actor: row.get(1)?,
+                    action: row.get(2)?,
+                    prompt: row.get(3)?,
+                    detail: row.get(4)?,
+                })
+            },
+        )
     }
 }

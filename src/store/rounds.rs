@@ -147,11 +147,11 @@ impl Store {
 
     /// The newest rounds first, at most `limit`.
     pub fn rounds(&self, limit: u64) -> Result<Vec<Round>, StoreError> {
-        let mut statement = self.conn.prepare(&format!(
-            "SELECT {ROUND_COLUMNS} FROM rounds ORDER BY id DESC LIMIT ?1"
-        ))?;
-        let rows = statement.query_map([limit as i64], round_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            &format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY id DESC LIMIT ?1"),
+            [limit as i64],
+            round_from_row,
+        )
     }
 
     /// One round by id.
@@ -169,11 +169,11 @@ impl Store {
     /// Rounds still marked running: interrupted by a crash when no daemon
     /// runs them, oldest first.
     pub fn running_rounds(&self) -> Result<Vec<Round>, StoreError> {
-        let mut statement = self.conn.prepare(&format!(
-            "SELECT {ROUND_COLUMNS} FROM rounds WHERE status = 'running' ORDER BY id"
-        ))?;
-        let rows = statement.query_map([], round_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_rows(
+            &format!("SELECT {ROUND_COLUMNS} FROM rounds WHERE status = 'running' ORDER BY id"),
+            [],
+            round_from_row,
+        )
     }
 
     /// The newest succeeded round of `kind` on `subject`.

@@ -97,48 +97,41 @@ impl Store {
                 .query_row(sql, [], |row| row.get::<_, i64>(0))
                 .map(|n| n as u64)
         };
-        let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, u64)>> {
-            let mut select = self.conn.prepare(sql)?;
-            select
-                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
-                .collect()
+        let pairs = |sql: &str| -> Result<Vec<(String, u64)>, StoreError> {
+            self.query_rows(sql, [], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+            })
         };
-        let episodes_by_prompt = self
-            .conn
-            .prepare(
-                "SELECT prompt_name, prompt_version, COUNT(*) AS n FROM episodes
+        let episodes_by_prompt = self.query_rows(
+            "SELECT prompt_name, prompt_version, COUNT(*) AS n FROM episodes
                  GROUP BY prompt_name, prompt_version ORDER BY n DESC, prompt_name, prompt_version",
-            )?
-            .query_map([], |row| {
+            [],
+            |row| {
                 Ok(PromptCount {
                     name: row.get(0)?,
                     version: row.get(1)?,
                     episodes: row.get::<_, i64>(2)? as u64,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let tools = self
-            .conn
-            .prepare(
-                "SELECT tool_name, SUM(n_calls) AS calls, SUM(n_errors), COUNT(*)
+            },
+        )?;
+        let tools = self.query_rows(
+            "SELECT tool_name, SUM(n_calls) AS calls, SUM(n_errors), COUNT(*)
                  FROM episode_tools GROUP BY tool_name ORDER BY calls DESC, tool_name",
-            )?
-            .query_map([], |row| {
+            [],
+            |row| {
                 Ok(ToolUsage {
                     name: row.get(0)?,
                     calls: row.get::<_, i64>(1)? as u64,
                     errors: row.get::<_, i64>(2)? as u64,
                     episodes: row.get::<_, i64>(3)? as u64,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let rewards = self
-            .conn
-            .prepare(
-                "SELECT name, COUNT(*), AVG(value), MIN(value), MAX(value)
+            },
+        )?;
+        let rewards = self.query_rows(
+            "SELECT name, COUNT(*), AVG(value), MIN(value), MAX(value)
                  FROM episode_rewards GROUP BY name ORDER BY name",
-            )?
-            .query_map([], |row| {
+            [],
+            |row| {
                 Ok(RewardSummary {
                     name: row.get(0)?,
                     count: row.get::<_, i64>(1)? as u64,
@@ -146,36 +139,32 @@ impl Store {
                     min: row.get(3)?,
                     max: row.get(4)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let step_rewards = self
-            .conn
-            .prepare(
-                "SELECT name, SUM(n), SUM(total) / SUM(n)
+            },
+        )?;
+        let step_rewards = self.query_rows(
+            "SELECT name, SUM(n), SUM(total) / SUM(n)
                  FROM episode_step_rewards GROUP BY name ORDER BY name",
-            )?
-            .query_map([], |row| {
+            [],
+            |row| {
                 Ok(StepRewardSummary {
                     name: row.get(0)?,
                     count: row.get::<_, i64>(1)? as u64,
                     mean: row.get(2)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let unknown_attributes = self
-            .conn
-            .prepare(
-                "SELECT name, COUNT(*), MIN(file || ':' || line)
+            },
+        )?;
+        let unknown_attributes = self.query_rows(
+            "SELECT name, COUNT(*), MIN(file || ':' || line)
                  FROM unknown_attributes GROUP BY name ORDER BY name",
-            )?
-            .query_map([], |row| {
+            [],
+            |row| {
                 Ok(UnknownAttribute {
                     name: row.get(0)?,
                     places: row.get::<_, i64>(1)? as u64,
                     example: row.get(2)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         let (pending_spans, pending_traces) = self.pending_counts()?;
         Ok(Stats {
             episodes: count("SELECT COUNT(*) FROM episodes")?,
