@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::operators::MetaPrompt;
+use super::plugins::OPERATOR_PREFIX;
 use crate::config::{Checker, Invalid};
 
 /// Settings for one APO run.
@@ -46,7 +47,9 @@ pub struct ApoConfig {
     pub reference_min_reward: f64,
     /// Budget caps for the whole run.
     pub budget: BudgetConfig,
-    /// Relative weight of each mutation operator; 0 disables one.
+    /// Relative weight of each mutation operator; 0 disables one. A mutator
+    /// plugin `NAME` is the operator `plugin:NAME` (unset, the `weight` of
+    /// its `NAME.toml`).
     pub operator_weights: BTreeMap<String, f64>,
     /// Bandit temperature, relative to the best operator's gain per call.
     pub bandit_temperature: f64,
@@ -58,6 +61,9 @@ pub struct ApoConfig {
     pub max_prompt_chars: usize,
     /// How a replayed response is scored.
     pub scorer: ScorerConfig,
+    /// Share of each score that comes from the reward plugins, 0 to 1: 0
+    /// ignores them, 1 uses them alone (the scorer is not called).
+    pub plugin_score_weight: f64,
     /// Token cap for each task-model response.
     pub max_response_tokens: u32,
 }
@@ -129,6 +135,7 @@ impl Default for ApoConfig {
             protect_prohibitions: true,
             max_prompt_chars: 8000,
             scorer: ScorerConfig::LlmJudge { rubric_file: None },
+            plugin_score_weight: 0.0,
             max_response_tokens: 512,
         }
     }
@@ -205,10 +212,16 @@ impl ApoConfig {
         });
         check.section("operator_weights", |check| {
             for (name, weight) in &self.operator_weights {
-                if !OPERATOR_NAMES.contains(&name.as_str()) {
+                let plugin = name
+                    .strip_prefix(OPERATOR_PREFIX)
+                    .is_some_and(|plugin| !plugin.is_empty());
+                if !plugin && !OPERATOR_NAMES.contains(&name.as_str()) {
                     check.fail(
                         name,
-                        format!("unknown operator; known: {}", OPERATOR_NAMES.join(", ")),
+                        format!(
+                            "unknown operator; known: {}, or {OPERATOR_PREFIX}NAME for the mutator plugin NAME",
+                            OPERATOR_NAMES.join(", ")
+                        ),
                     );
                 }
                 check.in_range(name, *weight, 0.0..=f64::MAX);
@@ -226,6 +239,7 @@ impl ApoConfig {
                 format!("must be > 0, got {:?}", self.bandit_temperature),
             );
         }
+        check.in_range("plugin_score_weight", self.plugin_score_weight, 0.0..=1.0);
         check.at_least("max_prompt_chars", self.max_prompt_chars, 1);
         check.at_least("max_response_tokens", self.max_response_tokens, 1);
         if let Some(target) = self.target_score {

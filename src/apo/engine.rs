@@ -48,8 +48,10 @@ use super::guardrails::{self, Guardrails};
 use super::mutate;
 use super::operators::{Failure, MetaPrompt, MetaPrompts, Rewrite, Rewriter};
 use super::output;
+use super::plugins::{self, PluginScorer};
 use super::select::{self, Paired, ScoreMap};
 use crate::llm::LlmClient;
+use crate::plugin::Plugins;
 use crate::rng::Rng;
 use crate::trace::Episode;
 
@@ -157,6 +159,16 @@ impl Variant {
             .then(|| self.scores.values().sum::<f64>() / self.scores.len() as f64);
     }
 
+    /// Its response on the training example `id`, once scored there.
+    pub fn response(&self, id: &str) -> Option<&str> {
+        self.responses.get(id).map(String::as_str)
+    }
+
+    /// The feedback on its response to `id`, when the scorer gave some.
+    pub fn feedback_on(&self, id: &str) -> Option<&str> {
+        self.feedback.get(id).map(String::as_str)
+    }
+
     /// Sum of its scores on `examples` it was scored on.
     fn sum_on(&self, examples: &[String]) -> f64 {
         examples.iter().filter_map(|id| self.scores.get(id)).sum()
@@ -204,6 +216,8 @@ pub struct ApoSummary {
     pub decision: String,
     /// How the examples were split.
     pub split: String,
+    /// How each replay was scored: the scorer, and the reward plugins' share.
+    pub scorer: String,
     pub generations: u32,
     /// Candidates scored on every training example (the baseline included).
     pub population_size: usize,
@@ -260,6 +274,7 @@ pub async fn run(
     episodes: &[Episode],
     cfg: &ApoConfig,
     llm: &LlmClient,
+    plugins: &Plugins,
     conn: &Connection,
     out_dir: &Path,
     progress: impl Fn(ProgressEvent),
@@ -283,7 +298,7 @@ pub async fn run(
             .unwrap_or(0),
         cfg.seed
     );
-    let res = search(episodes, cfg, llm, conn, &run_id, &progress).await;
+    let res = search(episodes, cfg, llm, plugins, conn, &run_id, &progress).await;
     let ledger = cache::append_ledger(conn, &run_id, &llm.take_records())
         .context("writing the LLM call ledger");
     let summary = res.with_context(|| format!("APO run {run_id}"))?;
@@ -375,6 +390,7 @@ async fn search(
     episodes: &[Episode],
     cfg: &ApoConfig,
     llm: &LlmClient,
+    plugins: &Plugins,
     conn: &Connection,
     run_id: &str,
     progress: &impl Fn(ProgressEvent),
@@ -387,7 +403,9 @@ async fn search(
         tracing::warn!("{warning}");
     }
     let meta = MetaPrompts::load(cfg.meta_prompt_dir.as_deref())?;
+    let plugin_scorer = PluginScorer::new(plugins, cfg.plugin_score_weight)?;
     let scorer = match &cfg.scorer {
+        _ if cfg.plugin_score_weight >= 1.0 => Scorer::PluginsOnly,
         ScorerConfig::LlmJudge { rubric_file } => Scorer::LlmJudge {
             rubric: MetaPrompt::Rubric
                 .load(rubric_file.as_deref())
@@ -419,7 +437,7 @@ async fn search(
             min_validation: cfg.min_validation_examples,
             pinned: pinned.as_deref(),
             reference_min_reward: cfg.reference_min_reward,
-            require_reference: !matches!(scorer, Scorer::LlmJudge { .. }),
+            require_reference: matches!(scorer, Scorer::ExactMatch | Scorer::F1),
         },
     )?;
     progress(ProgressEvent::DatasetReady {
@@ -449,7 +467,9 @@ async fn search(
     let reserved_calls =
         (cfg.finalists as u64 + 1) * dataset.validation.len() as u64 * calls_per_example;
     budget.reserve(reserved_calls, 0);
-    let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens);
+    let scorer_description = describe_scorer(&scorer, plugin_scorer.as_ref());
+    let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens)
+        .with_plugins(plugin_scorer);
     let rewriter = Rewriter::new(llm, &budget, conn, &meta);
     let flush_ledger = || -> anyhow::Result<()> {
         cache::append_ledger(conn, run_id, &llm.take_records())
@@ -462,16 +482,25 @@ async fn search(
         }
     };
     let mut rng = Rng::new(cfg.seed);
-    let mut bandit = Bandit::new(
-        OPERATOR_NAMES
-            .iter()
-            .map(|name| {
-                let weight = cfg.operator_weights.get(*name).copied().unwrap_or(0.0);
-                (name.to_string(), weight)
-            })
-            .collect(),
-        cfg.bandit_temperature,
-    );
+    let mut arms: Vec<(String, f64)> = OPERATOR_NAMES
+        .iter()
+        .map(|name| {
+            let weight = cfg.operator_weights.get(*name).copied().unwrap_or(0.0);
+            (name.to_string(), weight)
+        })
+        .collect();
+    arms.extend(plugins::operator_arms(plugins, &cfg.operator_weights));
+    for name in plugins::unknown_operators(plugins, &cfg.operator_weights) {
+        let warning = format!(
+            "apo.operator_weights.\"{name}\" names no loaded mutator plugin; it is not used"
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
+    if !arms.iter().any(|(_, weight)| *weight > 0.0) {
+        anyhow::bail!("no operator has a weight > 0 (apo.operator_weights)");
+    }
+    let mut bandit = Bandit::new(arms, cfg.bandit_temperature);
     let exemplars: Vec<&Example> = {
         let mut with_reference: Vec<&Example> = dataset
             .train
@@ -586,6 +615,7 @@ async fn search(
                 &train,
                 &exemplars,
                 &rewriter,
+                plugins,
                 &guardrails,
             )
         }))
@@ -908,6 +938,7 @@ async fn search(
         validation: validation_status,
         decision,
         split: dataset.split.clone(),
+        scorer: scorer_description,
         generations: generation,
         population_size: pool.len(),
         train_examples: dataset.train.len(),
@@ -944,6 +975,25 @@ async fn search(
         best_prompt: variants[best_idx].text.clone(),
         all_variants: variants,
     })
+}
+
+/// `llm_judge`, `f1`, `0.7 × f1 + 0.3 × plugins (a, b)`, ...
+fn describe_scorer(scorer: &Scorer, plugins: Option<&PluginScorer>) -> String {
+    let base = match scorer {
+        Scorer::LlmJudge { .. } => "llm_judge",
+        Scorer::ExactMatch => "exact_match",
+        Scorer::F1 => "f1",
+        Scorer::PluginsOnly => "",
+    };
+    match plugins {
+        None => base.to_owned(),
+        Some(plugins) if base.is_empty() => plugins.describe(),
+        Some(plugins) => format!(
+            "{:.2} × {base} + {}",
+            1.0 - plugins.weight,
+            plugins.describe()
+        ),
+    }
 }
 
 /// Generations in a row that made no new candidate and spent no call before
@@ -1153,6 +1203,7 @@ fn weakest(parent: &Variant, size: usize, spread: bool, rng: &mut Rng) -> Vec<St
 }
 
 /// Runs the planned operator; `None` when it does not apply or its call failed.
+#[allow(clippy::too_many_arguments)]
 async fn make_child(
     plan: &Plan,
     bandit: &Bandit,
@@ -1160,6 +1211,7 @@ async fn make_child(
     train: &[&Example],
     exemplars: &[&Example],
     rewriter: &Rewriter<'_>,
+    plugins: &Plugins,
     guardrails: &Guardrails,
 ) -> Option<Rewrite> {
     let parent = &variants[plan.parents[0]];
@@ -1219,6 +1271,20 @@ async fn make_child(
                 .crossover(&parent.text, &other.text, &strengths(parent, other, train))
                 .await
                 .map(Some)
+        }
+        operator if operator.starts_with(plugins::OPERATOR_PREFIX) => {
+            let context = plugins::mutation_context(parent, &plan.minibatch, train);
+            return match plugins::mutate(plugins, operator, &parent.text, plan.seed, context).await
+            {
+                Ok(text) => Some(Rewrite {
+                    text,
+                    paid_calls: 0,
+                }),
+                Err(err) => {
+                    tracing::info!(operator, error = %err, "plugin operator made no child");
+                    None
+                }
+            };
         }
         other => unreachable!("unknown operator {other}"),
     };

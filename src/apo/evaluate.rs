@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use super::budget::{Budget, CallError};
 use super::cache::{self, CachedEval, EvalKey};
 use super::dataset::Example;
+use super::plugins::{PluginScorer, Replay};
 use crate::llm::{ChatRequest, LlmClient, Role};
 use crate::trace::{Message, TokenUsage};
 
@@ -29,6 +30,9 @@ pub enum Scorer {
     },
     ExactMatch,
     F1,
+    /// Reward plugins alone score the response (`apo.plugin_score_weight`
+    /// 1): the replay is not scored here.
+    PluginsOnly,
 }
 
 /// The score of one replayed example.
@@ -84,7 +88,8 @@ pub struct EvalStats {
     pub task_calls: u64,
     /// Judge requests sent.
     pub judge_calls: u64,
-    /// Pairs left unscored because a call failed or the judge's reply had no score.
+    /// Pairs left unscored because a call failed, the judge's reply had no
+    /// score or a reward plugin failed.
     pub failures: u64,
     /// Pairs left unscored because the budget ran out.
     pub skipped_by_budget: u64,
@@ -98,6 +103,7 @@ pub struct Evaluator<'a> {
     pub scorer: Scorer,
     pub max_response_tokens: u32,
     params_hash: String,
+    plugins: Option<PluginScorer>,
     stats: RefCell<EvalStats>,
 }
 
@@ -126,6 +132,7 @@ impl<'a> Evaluator<'a> {
             ),
             Scorer::ExactMatch => "exact_match".to_string(),
             Scorer::F1 => "f1".to_string(),
+            Scorer::PluginsOnly => "plugins_only".to_string(),
         };
         let params = format!(
             "temperature={}|seed={:?}|max_tokens={}|scorer={}",
@@ -138,8 +145,17 @@ impl<'a> Evaluator<'a> {
             scorer,
             max_response_tokens,
             params_hash: cache::hash_text(&params),
+            plugins: None,
             stats: RefCell::new(EvalStats::default()),
         }
+    }
+
+    /// Blends the reward plugins' score into every score (see
+    /// [`super::plugins`]). The cache keeps the scorer's part only, so a
+    /// changed plugin never serves stale scores.
+    pub fn with_plugins(mut self, plugins: Option<PluginScorer>) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// Counters so far.
@@ -231,7 +247,60 @@ impl<'a> Evaluator<'a> {
                 });
             }
         }
+        if let Some(plugins) = &self.plugins {
+            self.blend(plugins, pairs, &mut results).await;
+        }
         results
+    }
+
+    /// Mixes the plugins' score into each scored pair; a pair a plugin
+    /// fails on is left unscored.
+    async fn blend(
+        &self,
+        plugins: &PluginScorer,
+        pairs: &[(&str, &Example)],
+        results: &mut [Option<ExampleScore>],
+    ) {
+        let model = self.llm.model(Role::Task).to_string();
+        let scored: Vec<usize> = (0..results.len())
+            .filter(|idx| results[*idx].is_some())
+            .collect();
+        let replays: Vec<Replay<'_>> = scored
+            .iter()
+            .filter_map(|idx| {
+                let result = results[*idx].as_ref()?;
+                Some(Replay {
+                    prompt: pairs[*idx].0,
+                    example: pairs[*idx].1,
+                    response: &result.response,
+                    model: &model,
+                })
+            })
+            .collect();
+        let outcomes = plugins.score_all(&replays).await;
+        for (idx, outcome) in scored.into_iter().zip(outcomes) {
+            let Some(result) = results[idx].as_mut() else {
+                continue;
+            };
+            match outcome {
+                Ok((score, feedback)) => {
+                    result.score = if matches!(self.scorer, Scorer::PluginsOnly) {
+                        score
+                    } else {
+                        (1.0 - plugins.weight) * result.score + plugins.weight * score
+                    };
+                    result.feedback = Some(match result.feedback.take() {
+                        Some(judge) => format!("{judge}\n{feedback}"),
+                        None => feedback,
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(example = %pairs[idx].1.id, error = %err, "reward plugin failed");
+                    self.stats.borrow_mut().failures += 1;
+                    results[idx] = None;
+                }
+            }
+        }
     }
 
     async fn replay(&self, prompt: &str, example: &Example) -> PairResult {
@@ -259,6 +328,7 @@ impl<'a> Evaluator<'a> {
         let mut feedback = None;
         let reference = example.reference.as_deref();
         let score = match &self.scorer {
+            Scorer::PluginsOnly => 0.0,
             Scorer::ExactMatch => match reference {
                 Some(reference) => exact_match(&reply.text, reference),
                 None => return PairResult::Failed("no reference answer".into()),

@@ -15,6 +15,7 @@ mod guardrails;
 mod mutate;
 mod operators;
 mod output;
+mod plugins;
 mod select;
 
 pub use crate::rng::Rng;
@@ -31,4 +32,5 @@ pub use evaluate::{
 pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
 pub use operators::{MetaPrompt, MetaPrompts, Rewrite, Rewriter, extract_prompt};
+pub use plugins::{OPERATOR_PREFIX, PluginScorer};
 pub use select::{Paired, ScoreMap, dominates, frontier};

@@ -10,9 +10,7 @@ use clap::Subcommand;
 use super::write_stdout;
 use crate::config::Config;
 use crate::plugin::manifest::Manifest;
-use crate::plugin::{
-    Example, HostOptions, LoadOptions, MutationContext, Plugin, PluginHost, PluginSet, World,
-};
+use crate::plugin::{Example, LoadOptions, MutationContext, Plugin, World};
 
 /// Plugin commands.
 #[derive(Debug, Subcommand)]
@@ -103,14 +101,9 @@ pub fn run(command: &PluginsCommand, config: &Config) -> anyhow::Result<()> {
              (needs `rustup target add wasm32-wasip2`) → target/wasm32-wasip2/release/{lib}.wasm\n"
         ))?);
     }
-    let host = PluginHost::new(&HostOptions {
-        cache_dir: Some(config.data_dir.join("plugin-cache")),
-        max_concurrent_calls: config.plugins.max_concurrent_calls,
-    })
-    .context("cannot start the plugin runtime")?;
+    let set = config.plugins.open(&config.data_dir)?;
     match command {
         PluginsCommand::List => {
-            let set = PluginSet::new(host, config.plugins.dir.clone(), config.plugins.limits);
             let report = set.reload();
             if let Some(err) = report.dir_error {
                 anyhow::bail!("cannot list plugins: {err}");
@@ -130,6 +123,7 @@ pub fn run(command: &PluginsCommand, config: &Config) -> anyhow::Result<()> {
         }
         PluginsCommand::New { .. } => unreachable!("handled above"),
         PluginsCommand::Check { file } => {
+            let host = set.host();
             let bytes =
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let name = file

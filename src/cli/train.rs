@@ -15,6 +15,7 @@ use crate::apo::{self, ProgressEvent};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions};
 use crate::llm::LlmClient;
+use crate::plugin::Plugins;
 use crate::rl;
 use crate::store::{self, EpisodeFilter, Store};
 use crate::trace::Episode;
@@ -67,9 +68,10 @@ pub fn run(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
             writeln!(out, "cannot read {}: {}", error.path.display(), error.error)?;
         }
     }
+    let plugins = load_plugins(config, &mut out)?;
     let mut failed: Vec<anyhow::Error> = Vec::new();
     if matches!(args.mode, Mode::Apo | Mode::All)
-        && let Err(err) = train_apo(&store, args, config, &mut out)
+        && let Err(err) = train_apo(&store, &plugins, args, config, &mut out)
     {
         let db = config.data_dir.join(store::DB_FILE_NAME);
         failed.push(err.context(format!(
@@ -81,7 +83,7 @@ pub fn run(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
         )));
     }
     if matches!(args.mode, Mode::Rl | Mode::All)
-        && let Err(err) = train_rl(&store, args, config, &mut out)
+        && let Err(err) = train_rl(&store, &plugins, args, config, &mut out)
     {
         failed.push(err.context("RL failed"));
     }
@@ -110,8 +112,33 @@ fn load(store: &Store, prompt_name: Option<&str>) -> anyhow::Result<Vec<Episode>
         .collect())
 }
 
+/// The plugins of `[plugins] dir`, named on `out`; one that fails to load
+/// is reported and left out.
+fn load_plugins(config: &Config, out: &mut impl Write) -> anyhow::Result<Plugins> {
+    let set = config.plugins.open(&config.data_dir)?;
+    let report = set.reload();
+    if let Some(err) = report.dir_error {
+        bail!("cannot list the plugins folder ([plugins] dir): {err}");
+    }
+    for err in &report.failed {
+        writeln!(out, "plugin not used: {err}")?;
+    }
+    let plugins = set.current();
+    for plugin in plugins.all() {
+        writeln!(
+            out,
+            "plugin {} ({}, NAME.toml weight {})",
+            plugin.name,
+            plugin.world.as_str(),
+            plugin.weight
+        )?;
+    }
+    Ok(plugins)
+}
+
 fn train_rl(
     store: &Store,
+    plugins: &Plugins,
     args: &TrainArgs,
     config: &Config,
     out: &mut impl Write,
@@ -137,6 +164,7 @@ fn train_rl(
     let report = rl::train(
         &episodes,
         &config.rl,
+        plugins,
         &args.output_dir,
         &checkpoint_dir,
         &mut |event| match event {
@@ -178,6 +206,23 @@ fn train_rl(
     )?;
     started?;
     bar.finish_and_clear();
+    for stats in &report.plugin_rewards {
+        writeln!(
+            out,
+            "RL reward plugin {} (weight {}): scored {} episodes, mean reward added {}, failed on {}{}",
+            stats.plugin,
+            stats.weight,
+            stats.scored,
+            stats
+                .mean_reward
+                .map_or_else(|| "n/a".to_owned(), |mean| format!("{mean:.3}")),
+            stats.failed,
+            stats
+                .first_error
+                .as_ref()
+                .map_or_else(String::new, |err| format!(" (first: {err})")),
+        )?;
+    }
     writeln!(out, "{}", rl_summary(&report))?;
     writeln!(
         out,
@@ -246,6 +291,7 @@ fn rl_summary(report: &rl::TrainReport) -> String {
 
 fn train_apo(
     store: &Store,
+    plugins: &Plugins,
     args: &TrainArgs,
     config: &Config,
     out: &mut impl Write,
@@ -283,6 +329,7 @@ fn train_apo(
         &episodes,
         &config.apo,
         &llm,
+        plugins,
         &conn,
         &args.output_dir,
         |event| match event {
@@ -326,6 +373,7 @@ fn train_apo(
         summary.target_prompt, summary.best_variant_id, summary.generations, summary.stop_reason
     )?;
     writeln!(out, "APO decision: {}", summary.decision)?;
+    writeln!(out, "APO scorer: {}", summary.scorer)?;
     writeln!(
         out,
         "APO: {} LLM calls ({} failed), {} tokens in, {} tokens out, {} cache hits, {:.1}s",

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
-use crate::plugin::{HostOptions, PluginHost, PluginSet};
+use crate::plugin::PluginSet;
 use crate::registry::{self, Decision, Lineage, PromptRegistry};
 use crate::store::{NewRound, Store, now_unix_ms};
 
@@ -188,15 +188,7 @@ impl Daemon {
         };
         let resume = interrupted_rounds(&store)?;
         let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
-        let host = PluginHost::new(&HostOptions {
-            cache_dir: Some(config.data_dir.join("plugin-cache")),
-            max_concurrent_calls: config.plugins.max_concurrent_calls,
-        })?;
-        let plugins = Arc::new(PluginSet::new(
-            host,
-            config.plugins.dir.clone(),
-            config.plugins.limits,
-        ));
+        let plugins = Arc::new(config.plugins.open(&config.data_dir)?);
         let (cancel, _) = watch::channel(false);
         Ok(Daemon {
             config,
@@ -230,6 +222,8 @@ impl Daemon {
             "daemon started"
         );
         spawn_signal_listener(self.events_tx.clone());
+        // Rounds (resumed ones too) use the plugins, so they load first.
+        tokio::task::spawn_blocking(self.plugin_reload()).await?;
         if self.options.once {
             return self.run_once(out).await;
         }
@@ -496,6 +490,7 @@ impl Daemon {
         let events = self.events_tx.clone();
         let shared = Arc::clone(&self.shared);
         let cancel = self.cancel.subscribe();
+        let plugins = self.plugins.current();
         tokio::task::spawn_blocking(move || {
             let kind_name = job.kind.as_str();
             let _span = tracing::info_span!("round", id = job.id, kind = kind_name).entered();
@@ -504,7 +499,7 @@ impl Daemon {
                     round.progress = message;
                 }
             };
-            let result = rounds::run_round(&job, &latest, cancel, &progress)
+            let result = rounds::run_round(&job, &plugins, &latest, cancel, &progress)
                 .map_err(|err| format!("{err:#}"));
             let _ = events.blocking_send(Event::RoundEnded {
                 kind: job.kind,
@@ -642,21 +637,22 @@ impl Daemon {
             return;
         }
         self.plugins_reloading = true;
+        let reload = self.plugin_reload();
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            reload();
+            let _ = events.blocking_send(Event::PluginsReloaded);
+        });
+    }
+
+    /// A reload of the plugin set that reports into the status when run.
+    fn plugin_reload(&self) -> impl FnOnce() + Send + 'static {
         let plugins = Arc::clone(&self.plugins);
         let shared = Arc::clone(&self.shared);
-        let events = self.events_tx.clone();
         let dir = self.config.plugins.dir.clone();
-        tokio::task::spawn_blocking(move || {
+        move || {
+            // The set logs what it loaded, unloaded and failed to load.
             let report = plugins.reload();
-            for name in &report.loaded {
-                tracing::info!(plugin = %name, "plugin loaded");
-            }
-            for name in &report.unloaded {
-                tracing::info!(plugin = %name, "plugin unloaded (its file is gone)");
-            }
-            for err in &report.failed {
-                tracing::error!("{err}");
-            }
             let mut status = shared.status_mut();
             status.plugins = plugins
                 .plugins()
@@ -677,9 +673,7 @@ impl Daemon {
                 // No folder means no plugins, not a problem.
                 .chain(report.dir_error.filter(|_| dir.exists()))
                 .collect();
-            drop(status);
-            let _ = events.blocking_send(Event::PluginsReloaded);
-        });
+        }
     }
 
     /// Lets every running A/B test act on what was just ingested.

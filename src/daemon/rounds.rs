@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::apo::{self, ProgressEvent};
 use crate::config::Config;
 use crate::llm::LlmClient;
+use crate::plugin::Plugins;
 use crate::rl;
 use crate::store::{self, EpisodeFilter, Store};
 use crate::trace::Episode;
@@ -96,11 +97,12 @@ pub struct Candidate {
     pub optimized_reward: f64,
 }
 
-/// Runs `job` to its end (or until `cancel` turns true, for APO), writing
-/// its outputs to `job.output_dir` and then into `latest`. `progress`
-/// receives the engine's progress messages.
+/// Runs `job` to its end (or until `cancel` turns true, for APO) with
+/// `plugins`, writing its outputs to `job.output_dir` and then into
+/// `latest`. `progress` receives the engine's progress messages.
 pub fn run_round(
     job: &RoundJob,
+    plugins: &Plugins,
     latest: &Path,
     cancel: watch::Receiver<bool>,
     progress: &(dyn Fn(String) + Sync),
@@ -109,8 +111,8 @@ pub fn run_round(
         .with_context(|| format!("creating {}", job.output_dir.display()))?;
     let store = Store::open(&job.config.data_dir)?;
     let result = match job.kind {
-        RoundKind::Apo => run_apo(job, &store, cancel, progress)?,
-        RoundKind::Rl => run_rl(job, &store, progress)?,
+        RoundKind::Apo => run_apo(job, plugins, &store, cancel, progress)?,
+        RoundKind::Rl => run_rl(job, plugins, &store, progress)?,
     };
     publish_latest(&job.output_dir, latest)?;
     Ok(result)
@@ -132,6 +134,7 @@ fn episodes_upto(store: &Store, prompt: Option<&str>, upto: i64) -> anyhow::Resu
 
 fn run_apo(
     job: &RoundJob,
+    plugins: &Plugins,
     store: &Store,
     mut cancel: watch::Receiver<bool>,
     progress: &(dyn Fn(String) + Sync),
@@ -150,6 +153,7 @@ fn run_apo(
         &episodes,
         &config.apo,
         &llm,
+        plugins,
         &conn,
         &job.output_dir,
         |event| progress(apo_progress(&event)),
@@ -229,6 +233,7 @@ fn apo_progress(event: &ProgressEvent) -> String {
 
 fn run_rl(
     job: &RoundJob,
+    plugins: &Plugins,
     store: &Store,
     progress: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<RoundResult> {
@@ -237,6 +242,7 @@ fn run_rl(
     let report = rl::train(
         &episodes,
         &config.rl,
+        plugins,
         &job.output_dir,
         &config.data_dir.join("rl"),
         &mut |event| match event {

@@ -4,8 +4,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use anyhow::Context;
+
+use super::host::{HostOptions, PluginHost};
 use super::limits::Limits;
+use super::set::PluginSet;
 use crate::config::Checker;
+
+/// Folder of the compile cache, in the data directory.
+const CACHE_DIR: &str = "plugin-cache";
 
 /// Plugin settings. Defaults are documented in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +43,18 @@ impl PluginsConfig {
         check.not_empty_path("dir", &self.dir);
         check.in_range("max_concurrent_calls", self.max_concurrent_calls, 1..=1024);
         check.section("limits", |check| self.limits.validate(check));
+    }
+
+    /// A plugin runtime for these settings (compile cache in
+    /// `data_dir/plugin-cache`) and an empty set over `dir`: call
+    /// [`PluginSet::reload`] to load it.
+    pub fn open(&self, data_dir: &Path) -> anyhow::Result<PluginSet> {
+        let host = PluginHost::new(&HostOptions {
+            cache_dir: Some(data_dir.join(CACHE_DIR)),
+            max_concurrent_calls: self.max_concurrent_calls,
+        })
+        .context("cannot start the plugin runtime")?;
+        Ok(PluginSet::new(host, self.dir.clone(), self.limits))
     }
 
     /// Makes `dir` absolute against `base`.

@@ -341,7 +341,7 @@ impl PluginHost {
 }
 
 impl Plugin {
-    fn error(&self, kind: ErrorKind) -> PluginError {
+    pub(super) fn error(&self, kind: ErrorKind) -> PluginError {
         PluginError::new(&self.name, Some(self.version), kind)
     }
 }

@@ -12,15 +12,17 @@
 //!   with memory, fuel, time and output limits.
 //! - [`set`]: the plugins of a folder, reloaded atomically.
 //! - [`manifest`]: the optional `NAME.toml` beside a plugin.
+//! - [`snapshot`]: the plugins one run uses, fixed while it runs.
 //!
-//! This module knows nothing of APO or RL: they call [`PluginHost::score`]
-//! and [`PluginHost::mutate`] on the plugins a [`PluginSet`] holds.
+//! This module knows nothing of APO or RL: a run takes [`Plugins`] from a
+//! [`PluginSet`] and calls [`Plugins::score`] and [`Plugins::mutate`].
 
 pub mod config;
 pub mod host;
 pub mod limits;
 pub mod manifest;
 pub mod set;
+pub mod snapshot;
 pub mod wit;
 
 pub use config::PluginsConfig;
@@ -28,6 +30,7 @@ pub use config::PluginsConfig;
 pub use host::{HostOptions, LoadOptions, Plugin, PluginHost};
 pub use limits::{Limit, Limits};
 pub use set::{PluginSet, ReloadReport};
+pub use snapshot::Plugins;
 pub use wit::{WitVersion, World};
 
 /// One named score a reward plugin gave.

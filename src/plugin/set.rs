@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::host::{LoadOptions, Plugin, PluginHost};
 use super::limits::Limits;
 use super::manifest::Manifest;
+use super::snapshot::Plugins;
 use super::{ErrorKind, PluginError};
 
 /// A folder of plugins and the versions currently loaded from it.
@@ -72,6 +73,11 @@ impl PluginSet {
             .values()
             .map(|loaded| loaded.plugin.clone())
             .collect()
+    }
+
+    /// The plugins loaded now, callable, for one run.
+    pub fn current(&self) -> Plugins {
+        Plugins::new(self.host.clone(), self.plugins())
     }
 
     /// The plugin named `name` (its file stem), if loaded.

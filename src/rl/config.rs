@@ -6,6 +6,8 @@
 //! the learning test and `benches/rl_vs_bandit.rs` run. Every key is
 //! optional; unknown keys are errors so typos fail.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::Checker;
@@ -78,6 +80,9 @@ pub struct RlConfig {
     pub reward_name: Option<String>,
     /// Reward subtracted for each tool call that failed.
     pub tool_error_penalty: f64,
+    /// Weight of each reward plugin's scores in the final reward, by plugin
+    /// name; unset, the `weight` of its `NAME.toml`; 0 leaves it out.
+    pub plugin_reward_weights: BTreeMap<String, f64>,
     /// Fraction of episodes held out for off-policy evaluation.
     pub holdout_fraction: f64,
     /// Importance weights are clipped to at most this value.
@@ -123,6 +128,7 @@ impl Default for RlConfig {
             action_hash_dim: 64,
             reward_name: None,
             tool_error_penalty: 0.0,
+            plugin_reward_weights: BTreeMap::new(),
             holdout_fraction: 0.2,
             importance_weight_clip: 10.0,
             promotion_estimator: PromotionEstimator::Snips,
@@ -162,6 +168,13 @@ impl RlConfig {
             check.not_empty("reward_name", name);
         }
         non_negative(check, "tool_error_penalty", self.tool_error_penalty);
+        check.section("plugin_reward_weights", |check| {
+            for (name, weight) in &self.plugin_reward_weights {
+                if !weight.is_finite() {
+                    check.fail(name, format!("must be a finite number, got {weight:?}"));
+                }
+            }
+        });
         if !(0.0..1.0).contains(&self.holdout_fraction) {
             check.fail(
                 "holdout_fraction",

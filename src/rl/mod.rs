@@ -2,7 +2,8 @@
 //!
 //! The pipeline of one training run ([`train`]):
 //! 1. [`transitions`] turns episodes into decisions (each tool call, and
-//!    "answer without a tool"), with rewards and a skip reason for bad ones;
+//!    "answer without a tool"), with rewards (the trace's, plus what the
+//!    reward plugins give, [`plugin_rewards`]) and a skip reason for bad ones;
 //! 2. [`features`] and [`batch`] hash states and actions into tensors;
 //! 3. behavior probabilities come from the trace, or else from the promoted
 //!    policy snapshot, and each source is counted;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod features;
 pub mod ope;
 pub mod optimizer;
+pub mod plugin_rewards;
 pub mod policy;
 pub mod ppo;
 pub mod report;

@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::plugin_rewards::PluginRewardStats;
+
 /// The report of one training run (also returned to the caller).
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -18,6 +20,10 @@ pub struct TrainReport {
     /// Whether training continued from an existing checkpoint.
     pub resumed_from_checkpoint: bool,
     pub episodes: EpisodeCounts,
+    /// What each reward plugin added to the trace rewards; empty without
+    /// reward plugins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugin_rewards: Vec<PluginRewardStats>,
     /// Where each decision's behavior probability came from.
     pub behavior_probability_source: BehaviorSource,
     pub training: TrainingSummary,

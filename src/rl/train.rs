@@ -15,13 +15,15 @@ use super::config::{PromotionEstimator, RlConfig};
 use super::features::{FeatureSpec, State, stable_hash};
 use super::ope::{self, BootstrapParams, Estimator, LoggedStep};
 use super::optimizer::Adam;
+use super::plugin_rewards;
 use super::policy::{Architecture, PolicyNet};
 use super::ppo::{self, IterationStats, TrainingData};
 use super::report::{
     self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
     Promotion, TrainReport, TrainingSummary,
 };
-use super::transitions::{Decision, Ending, EpisodeDecisions, extract};
+use super::transitions::{Decision, Ending, EpisodeDecisions, extract_with};
+use crate::plugin::Plugins;
 use crate::rng::Rng;
 use crate::trace::Episode;
 
@@ -63,6 +65,7 @@ pub enum TrainProgress {
 pub fn train(
     episodes: &[Episode],
     cfg: &RlConfig,
+    plugins: &Plugins,
     out_dir: &Path,
     checkpoint_dir: &Path,
     progress: &mut dyn FnMut(TrainProgress),
@@ -92,7 +95,8 @@ pub fn train(
     checkpoint.adam.eps = cfg.adam_eps;
     let mut rng = Rng::new(checkpoint.state.rng_state);
 
-    let extraction = extract(episodes, cfg);
+    let plugin_rewards = plugin_rewards::compute(episodes, plugins, &cfg.plugin_reward_weights);
+    let extraction = extract_with(episodes, cfg, &plugin_rewards.per_episode);
     checkpoint
         .state
         .tools
@@ -213,6 +217,7 @@ pub fn train(
                 .map(|(reason, n)| (reason.as_str().to_string(), *n))
                 .collect(),
         },
+        plugin_rewards: plugin_rewards.stats,
         behavior_probability_source: behavior,
         training: TrainingSummary {
             iterations: runs.len(),

@@ -32,6 +32,8 @@ pub enum SkipReason {
     NonFiniteReward,
     /// A logged behavior probability is outside (0, 1].
     InvalidBehaviorProbability,
+    /// A reward plugin failed on the episode.
+    PluginRewardFailed,
 }
 
 impl SkipReason {
@@ -44,6 +46,7 @@ impl SkipReason {
             SkipReason::UndeclaredTool => "undeclared_tool",
             SkipReason::NonFiniteReward => "non_finite_reward",
             SkipReason::InvalidBehaviorProbability => "invalid_behavior_probability",
+            SkipReason::PluginRewardFailed => "plugin_reward_failed",
         }
     }
 }
@@ -92,9 +95,25 @@ pub struct Extraction {
 
 /// Turns episodes into decision sequences, skipping unusable ones.
 pub fn extract(episodes: &[Episode], cfg: &RlConfig) -> Extraction {
+    extract_with(episodes, cfg, &[])
+}
+
+/// [`extract`], adding `plugin_rewards[i]` to episode `i`'s final reward
+/// (see [`super::plugin_rewards`]); `None` there skips the episode. An empty
+/// slice adds nothing.
+pub fn extract_with(
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    plugin_rewards: &[Option<f64>],
+) -> Extraction {
     let mut out = Extraction::default();
-    for episode in episodes {
-        match extract_one(episode, cfg) {
+    for (idx, episode) in episodes.iter().enumerate() {
+        let plugin_reward = match plugin_rewards.get(idx) {
+            None => Ok(None),
+            Some(Some(reward)) => Ok(Some(*reward)),
+            Some(None) => Err(SkipReason::PluginRewardFailed),
+        };
+        match plugin_reward.and_then(|plugin_reward| extract_one(episode, cfg, plugin_reward)) {
             Ok(decisions) => {
                 for decision in &decisions.decisions {
                     out.tools.extend(decision.declared_tools.iter().cloned());
@@ -131,7 +150,11 @@ fn valid_probability(probability: Option<f64>) -> Result<Option<f64>, SkipReason
     }
 }
 
-fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, SkipReason> {
+fn extract_one(
+    episode: &Episode,
+    cfg: &RlConfig,
+    plugin_reward: Option<f64>,
+) -> Result<EpisodeDecisions, SkipReason> {
     let input = episode.input.clone().unwrap_or_default();
     let mut decisions: Vec<Decision> = Vec::new();
     let mut declared: Vec<String> = Vec::new();
@@ -222,7 +245,10 @@ fn extract_one(episode: &Episode, cfg: &RlConfig) -> Result<EpisodeDecisions, Sk
         return Err(SkipReason::NoActions);
     }
 
-    let final_reward = pick_reward(&episode.rewards, cfg)?;
+    let final_reward = match (pick_reward(&episode.rewards, cfg)?, plugin_reward) {
+        (trace, None) => trace,
+        (trace, Some(plugin)) => Some(trace.unwrap_or(0.0) + plugin),
+    };
     any_reward |= final_reward.is_some();
     if !any_reward {
         return Err(SkipReason::NoRewards);
