@@ -32,6 +32,7 @@ use rusqlite::Connection;
 use support::apo_world::{self, Calls, WorldServer};
 use whetstone::apo::{self, ApoConfig};
 use whetstone::llm::LlmClient;
+use whetstone::plugin::Plugins;
 
 /// One optimizer run.
 struct Run {
@@ -184,9 +185,17 @@ async fn whetstone(budget: u64, seed: u64, scratch: &Path) -> Run {
     let llm = LlmClient::new(server.settings()).unwrap();
     let conn = Connection::open_in_memory().unwrap();
     let started = Instant::now();
-    let summary = apo::run(&apo_world::episodes(), &cfg, &llm, &conn, &out, |_| {})
-        .await
-        .unwrap_or_else(|err| panic!("whetstone budget {budget} seed {seed}: {err:#}"));
+    let summary = apo::run(
+        &apo_world::episodes(),
+        &cfg,
+        &llm,
+        &Plugins::none(),
+        &conn,
+        &out,
+        |_| {},
+    )
+    .await
+    .unwrap_or_else(|err| panic!("whetstone budget {budget} seed {seed}: {err:#}"));
     Run {
         optimizer: "whetstone",
         budget,

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use whetstone::plugin::Plugins;
 use whetstone::rl::features::stable_hash;
 use whetstone::rl::{RlConfig, train};
 
@@ -72,6 +73,7 @@ fn train_child(iterations: usize, episodes: usize) {
     train(
         &logged,
         &cfg,
+        &Plugins::none(),
         &dir.path().join("out"),
         &dir.path().join("rl"),
         &mut |_| {},
@@ -233,6 +235,7 @@ fn main() {
     let report = train(
         &episodes,
         &cfg,
+        &Plugins::none(),
         &dir.path().join("out"),
         &dir.path().join("rl"),
         &mut |_| {},

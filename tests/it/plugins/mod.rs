@@ -3,6 +3,8 @@
 
 mod cli;
 
+mod engines;
+
 pub(crate) mod guests;
 
 mod hostile;

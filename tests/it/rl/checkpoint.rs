@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use whetstone::plugin::Plugins;
 use whetstone::rl::checkpoint::read_state;
 use whetstone::rl::features::stable_hash;
 use whetstone::rl::{RlConfig, train};
@@ -41,6 +42,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
     let first = train(
         &episodes,
         &cfg,
+        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("split"),
         &mut |_| {},
@@ -50,6 +52,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
     let second = train(
         &episodes,
         &cfg,
+        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("split"),
         &mut |_| {},
@@ -72,6 +75,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
     train(
         &episodes,
         &once,
+        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("once"),
         &mut |_| {},
@@ -96,7 +100,7 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let dir = tmp.path().join("rl");
-    train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap();
+    train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
 
     let bigger = RlConfig {
         hidden_dim: 32,
@@ -104,7 +108,15 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     };
     let err = format!(
         "{:#}",
-        train(&episodes, &bigger, &out, &dir, &mut |_| {}).unwrap_err()
+        train(
+            &episodes,
+            &bigger,
+            &Plugins::none(),
+            &out,
+            &dir,
+            &mut |_| {}
+        )
+        .unwrap_err()
     );
     assert!(
         err.contains("rl.hidden_dim is 32 but the checkpoint has 64"),
@@ -123,14 +135,14 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     std::fs::write(dir.join(learner), &bytes).unwrap();
     let err = format!(
         "{:#}",
-        train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap_err()
+        train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap_err()
     );
     assert!(err.contains("SHA-256"), "{err}");
 
     std::fs::remove_file(dir.join("state.json")).unwrap();
     let err = format!(
         "{:#}",
-        train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap_err()
+        train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap_err()
     );
     assert!(err.contains("refusing to start training over"), "{err}");
 }
@@ -155,6 +167,7 @@ fn bad_episodes_are_counted_in_the_report() {
     let report = train(
         &episodes,
         &cfg,
+        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("rl"),
         &mut |_| {},
@@ -199,7 +212,15 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         holdout_fraction: 0.0,
         ..RlConfig::default()
     };
-    let first = train(&episodes, &cfg, &tmp.path().join("out"), &dir, &mut |_| {}).unwrap();
+    let first = train(
+        &episodes,
+        &cfg,
+        &Plugins::none(),
+        &tmp.path().join("out"),
+        &dir,
+        &mut |_| {},
+    )
+    .unwrap();
     let source = &first.behavior_probability_source;
     assert!(source.policy_snapshot > 0);
     assert_eq!((source.trace, source.frozen_earlier), (0, 0));
@@ -218,7 +239,15 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         "uniform: {p}"
     );
 
-    let second = train(&episodes, &cfg, &tmp.path().join("out"), &dir, &mut |_| {}).unwrap();
+    let second = train(
+        &episodes,
+        &cfg,
+        &Plugins::none(),
+        &tmp.path().join("out"),
+        &dir,
+        &mut |_| {},
+    )
+    .unwrap();
     let source = &second.behavior_probability_source;
     assert_eq!(
         source.policy_snapshot, 0,
@@ -244,7 +273,7 @@ fn a_worse_candidate_is_not_promoted() {
         iterations_per_run: 10,
         ..RlConfig::default()
     };
-    let first = train(&episodes, &cfg, &out, &dir, &mut |_| {}).unwrap();
+    let first = train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
     assert!(first.promotion.promoted, "{:?}", first.promotion);
     let weights = std::fs::read(out.join("policy.safetensors")).unwrap();
     // Training episodes (not the held-out ones) with the reward inverted:
@@ -264,7 +293,7 @@ fn a_worse_candidate_is_not_promoted() {
             episode
         })
         .collect();
-    let second = train(&poisoned, &cfg, &out, &dir, &mut |_| {}).unwrap();
+    let second = train(&poisoned, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
     let ope = second.off_policy_evaluation.as_ref().unwrap();
     assert!(ope.candidate.snips < ope.current.snips, "{ope:?}");
     assert!(!second.promotion.promoted, "{:?}", second.promotion);
@@ -294,6 +323,7 @@ fn too_little_held_out_data_does_not_promote() {
     let report = train(
         &episodes,
         &cfg,
+        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("rl"),
         &mut |_| {},

@@ -4,6 +4,7 @@
 //! text, previous tool, previous error, step) can reach, on tasks it never
 //! saw.
 
+use whetstone::plugin::Plugins;
 use whetstone::rl::{RlConfig, train};
 
 use super::world::{self, HeldOut};
@@ -17,6 +18,7 @@ fn default_run_beats_the_logging_policy_and_nears_the_optimum() {
     let report = train(
         &episodes,
         &RlConfig::default(),
+        &Plugins::none(),
         &tmp.path().join("out"),
         &checkpoint_dir,
         &mut |_| {},
