@@ -372,6 +372,32 @@ mod tests {
         assert!(errors.contains("apo.operator_weights.teleport"), "{errors}");
     }
 
+    #[test]
+    fn plugin_operators_and_the_plugin_score_weight_are_checked() {
+        let cfg: ApoConfig = toml::from_str(
+            "plugin_score_weight = 0.3\n[operator_weights]\n\"plugin:my_mutator\" = 2.0\n",
+        )
+        .unwrap();
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        assert_eq!(cfg.operator_weights["plugin:my_mutator"], 2.0);
+        let mut bad = ApoConfig {
+            plugin_score_weight: 1.5,
+            ..ApoConfig::default()
+        };
+        bad.operator_weights.insert("plugin:".into(), 1.0);
+        let errors: Vec<String> = bad
+            .validate()
+            .into_iter()
+            .map(|invalid| format!("{}: {}", invalid.key, invalid.message))
+            .collect();
+        let errors = errors.join("\n");
+        assert!(
+            errors.contains("apo.plugin_score_weight: must be between 0.0 and 1.0, got 1.5"),
+            "{errors}"
+        );
+        assert!(errors.contains("apo.operator_weights.plugin:"), "{errors}");
+    }
+
     /// Regression test for issue 8: every file the section names is checked,
     /// and every problem is reported in one pass.
     #[test]

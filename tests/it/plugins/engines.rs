@@ -348,3 +348,49 @@ fn a_zero_plugin_reward_weight_leaves_the_plugin_out() {
         report.plugin_rewards
     );
 }
+
+/// A reward plugin that fails (here, panics) on an episode gets that
+/// episode skipped, not trained on with part of its reward missing; the
+/// report names the plugin, counts its failures and quotes the first.
+#[test]
+fn episodes_a_reward_plugin_fails_on_are_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_folder(
+        dir.path(),
+        &[("tool_errors_reward", ""), ("hostile_panic", "")],
+    );
+    let cfg = RlConfig {
+        iterations_per_run: 1,
+        ..RlConfig::default()
+    };
+    let report = train(
+        &weather_episodes(40, 2),
+        &cfg,
+        &plugins,
+        &dir.path().join("out"),
+        &dir.path().join("rl"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.episodes.used, 0, "{:?}", report.episodes);
+    assert_eq!(report.episodes.skipped["plugin_reward_failed"], 40);
+    let by_name: BTreeMap<&str, _> = report
+        .plugin_rewards
+        .iter()
+        .map(|stats| (stats.plugin.as_str(), stats))
+        .collect();
+    assert_eq!(
+        (
+            by_name["hostile_panic"].scored,
+            by_name["hostile_panic"].failed
+        ),
+        (0, 40)
+    );
+    let first = by_name["hostile_panic"].first_error.as_deref().unwrap();
+    assert!(first.contains("plugin `hostile_panic`"), "{first}");
+    assert!(
+        first.contains("hostile plugin panicked on purpose"),
+        "{first}"
+    );
+    assert_eq!(by_name["tool_errors_reward"].scored, 40);
+}
