@@ -123,3 +123,56 @@ fn new_scaffolds_a_crate_that_builds_with_one_cargo_command_and_loads() {
         "an existing folder is not overwritten"
     );
 }
+
+/// `train --mode rl` loads `[plugins] dir`, names the plugins it uses, and
+/// reports what the reward plugin added; `learned_policy.json` has it too.
+#[test]
+fn train_uses_the_plugins_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for name in ["tool_errors_reward", "constraint_mutator"] {
+        std::fs::copy(guests::wasm(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let traces = dir.path().join("traces.jsonl");
+    let jsonl: String = super::engines::weather_episodes(60, 3)
+        .iter()
+        .map(|episode| serde_json::to_string(episode).unwrap() + "\n")
+        .collect();
+    std::fs::write(&traces, jsonl).unwrap();
+    let config = dir.path().join("whetstone.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"state\"\n[plugins]\ndir = \"plugins\"\n[rl]\niterations_per_run = 2\n\
+         plugin_reward_weights = { tool_errors_reward = 0.5 }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = whetstone(
+        &config,
+        &[
+            "train",
+            "--mode",
+            "rl",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--traces",
+            traces.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("plugin constraint_mutator (mutator, NAME.toml weight 1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "RL reward plugin tool_errors_reward (weight 0.5): scored 60 episodes, mean reward added"
+        ),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("learned_policy.json")).unwrap()).unwrap();
+    assert_eq!(report["plugin_rewards"][0]["plugin"], "tool_errors_reward");
+    assert_eq!(report["plugin_rewards"][0]["scored"], 60);
+}

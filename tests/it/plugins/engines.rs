@@ -208,7 +208,7 @@ const FLAKY: &str = "weather_scraper";
 /// 50/50 and logged, and then hands over to a human. The scraper fails 60 %
 /// of the time, yet every episode's trace reward is the same 1.0: the trace
 /// alone cannot tell the tools apart.
-fn weather_episodes(n: usize, seed: u64) -> Vec<Episode> {
+pub(super) fn weather_episodes(n: usize, seed: u64) -> Vec<Episode> {
     let cities = ["Paris", "Oslo", "Lima", "Cairo", "Tokyo", "Perth"];
     let mut rng = Rng::new(seed);
     (0..n)

@@ -3,7 +3,7 @@
 
 mod cli;
 
-mod engines;
+pub(crate) mod engines;
 
 pub(crate) mod guests;
 
