@@ -364,6 +364,26 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         server.repeated_requests()
     );
 
+    // A PPO update on new tool episodes runs with the reward plugin loaded
+    // since the first one.
+    for idx in 12..24 {
+        append(&tools, &tool_line(idx));
+    }
+    let rounds = setup
+        .wait_for("/v1/rounds", 120, |r| succeeded(r, "rl") >= 2)
+        .await;
+    let newest_rl = rounds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "rl" && r["status"] == "succeeded")
+        .max_by_key(|r| r["id"].as_i64())
+        .unwrap();
+    assert_eq!(
+        newest_rl["summary"]["plugin_rewards"][0]["plugin"], "tool_errors_reward",
+        "{newest_rl:#}"
+    );
+
     // SIGTERM: a clean exit, quickly.
     let pid = daemon.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -377,7 +397,7 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         .output()
         .unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
-    assert_eq!(stats["episodes"], 36, "{stats:#}");
+    assert_eq!(stats["episodes"], 48, "{stats:#}");
 }
 
 /// Serves `n` requests as an agent would: asks the daemon which version of
