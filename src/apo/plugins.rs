@@ -22,9 +22,7 @@ use std::sync::Arc;
 use super::dataset::Example;
 use super::engine::Variant;
 use crate::plugin::{self, MutationContext, Plugin, PluginError, Plugins, World};
-use crate::trace::{
-    Episode, LlmCall, Message, PromptRef, Source, Status, Step, TokenUsage, TraceFormat,
-};
+use crate::trace::{Episode, LlmCall, Message, PromptRef, Source, Step};
 
 /// Prefix of a plugin operator's name.
 pub const OPERATOR_PREFIX: &str = "plugin:";
@@ -236,33 +234,26 @@ fn replay_episode_json(replay: &Replay<'_>) -> String {
         content: replay.prompt.to_owned(),
     }];
     messages.extend(replay.example.messages.iter().cloned());
+    let step = Step::llm(
+        replay.model,
+        LlmCall {
+            input_messages: messages,
+            output_text: Some(replay.response.to_owned()),
+            ..LlmCall::default()
+        },
+    );
+    let source = Source {
+        file: "apo replay".to_owned(),
+        line: 0,
+    };
     let episode = Episode {
-        trace_id: replay.example.id.clone(),
-        format: TraceFormat::WhetstoneJsonl,
         prompt: PromptRef {
             name: None,
             version: None,
             text: Some(replay.prompt.to_owned()),
         },
         input: Some(replay.example.input.clone()),
-        steps: vec![Step::llm(
-            replay.model,
-            LlmCall {
-                input_messages: messages,
-                output_text: Some(replay.response.to_owned()),
-                ..LlmCall::default()
-            },
-        )],
-        rewards: BTreeMap::new(),
-        status: Status::Ok,
-        start_time_unix_nano: None,
-        duration_ms: None,
-        usage: TokenUsage::default(),
-        policy_version: None,
-        source: Source {
-            file: "apo replay".to_owned(),
-            line: 0,
-        },
+        ..Episode::new(replay.example.id.clone(), vec![step], source)
     };
     serde_json::to_string(&episode).expect("an episode serializes")
 }

@@ -41,6 +41,27 @@ pub struct Episode {
     pub source: Source,
 }
 
+impl Episode {
+    /// A successful Whetstone JSONL episode of `steps` read from `source`,
+    /// with nothing else known; set the other fields with struct update.
+    pub fn new(trace_id: impl Into<String>, steps: Vec<Step>, source: Source) -> Episode {
+        Episode {
+            trace_id: trace_id.into(),
+            format: TraceFormat::WhetstoneJsonl,
+            prompt: PromptRef::default(),
+            input: None,
+            steps,
+            rewards: BTreeMap::new(),
+            status: Status::Ok,
+            start_time_unix_nano: None,
+            duration_ms: None,
+            usage: TokenUsage::default(),
+            policy_version: None,
+            source,
+        }
+    }
+}
+
 /// The trace format an episode was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use whetstone::apo::{self, ApoConfig, ApoSummary, ProgressEvent, ScorerConfig};
 use whetstone::llm::{Backoff, LlmClient};
 use whetstone::plugin::Plugins;
+use whetstone::trace::Episode;
 
 fn prompts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts")
@@ -46,6 +47,17 @@ fn client(server: &TestServer) -> LlmClient {
         })
 }
 
+/// APO over `episodes` without plugins, ignoring progress.
+async fn apo_run(
+    episodes: &[Episode],
+    cfg: &ApoConfig,
+    llm: &LlmClient,
+    conn: &Connection,
+    out: &Path,
+) -> anyhow::Result<ApoSummary> {
+    apo::run(episodes, cfg, llm, &Plugins::none(), conn, out, |_| {}).await
+}
+
 async fn run_apo(
     server: &TestServer,
     cfg: &ApoConfig,
@@ -53,17 +65,7 @@ async fn run_apo(
     out: &Path,
 ) -> ApoSummary {
     let llm = client(server);
-    apo::run(
-        &episodes(24),
-        cfg,
-        &llm,
-        &Plugins::none(),
-        conn,
-        out,
-        |_| {},
-    )
-    .await
-    .unwrap()
+    apo_run(&episodes(24), cfg, &llm, conn, out).await.unwrap()
 }
 
 #[tokio::test]
@@ -231,17 +233,9 @@ async fn faults_are_retried_or_counted_and_the_run_completes() {
     }
     let conn = Connection::open_in_memory().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let summary = apo::run(
-        &episodes(24),
-        &config(),
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let summary = apo_run(&episodes(24), &config(), &llm, &conn, out.path())
+        .await
+        .unwrap();
     assert!(summary.failed_attempts >= 34, "{summary:?}");
     assert!(summary.failed_calls >= 1, "{summary:?}");
     assert!(summary.optimized_reward >= summary.baseline_reward);
@@ -296,17 +290,9 @@ async fn budget_caps_hold_and_validation_is_reserved() {
     let mut settings = server.settings();
     settings.max_concurrency = 1;
     let llm = LlmClient::new(settings).unwrap();
-    let summary = apo::run(
-        &episodes(24),
-        &cfg,
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let summary = apo_run(&episodes(24), &cfg, &llm, &conn, out.path())
+        .await
+        .unwrap();
     // The call that crosses the cap finishes: ~300 tokens past it.
     assert!(
         summary.tokens_in + summary.tokens_out <= 4_700 + 400,
@@ -372,17 +358,9 @@ async fn half_scored_candidates_never_win() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config();
     cfg.finalists = 3;
-    let summary = apo::run(
-        &episodes(24),
-        &cfg,
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let summary = apo_run(&episodes(24), &cfg, &llm, &conn, out.path())
+        .await
+        .unwrap();
     let partial: Vec<&apo::Variant> = summary
         .all_variants
         .iter()
@@ -465,17 +443,9 @@ async fn too_little_data_is_a_clear_error() {
     let conn = Connection::open_in_memory().unwrap();
     let out = tempfile::tempdir().unwrap();
     let llm = client(&server);
-    let err = apo::run(
-        &episodes(2),
-        &config(),
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let err = apo_run(&episodes(2), &config(), &llm, &conn, out.path())
+        .await
+        .unwrap_err();
     let err = format!("{err:#}");
     assert!(
         err.contains("too little data for prompt `Controller`"),
@@ -589,17 +559,9 @@ async fn baseline_comes_from_the_traces_and_a_different_file_is_warned_about() {
     cfg.baseline_prompt_file = None;
     cfg.generations = Some(1);
     let llm = client(&server);
-    let summary = apo::run(
-        &recorded,
-        &cfg,
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let summary = apo_run(&recorded, &cfg, &llm, &conn, out.path())
+        .await
+        .unwrap();
     assert_eq!(
         summary.all_variants[0].text,
         "You are the Controller, version two."
@@ -643,17 +605,9 @@ async fn unreachable_endpoint_fails_fast_naming_url_and_cause() {
     let conn = Connection::open_in_memory().unwrap();
     let out = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let err = apo::run(
-        &episodes(24),
-        &config(),
-        &llm,
-        &Plugins::none(),
-        &conn,
-        out.path(),
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let err = apo_run(&episodes(24), &config(), &llm, &conn, out.path())
+        .await
+        .unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains(&format!("http://{addr}/v1")), "{message}");
     assert!(
@@ -942,17 +896,9 @@ mod world_search {
         let llm = LlmClient::new(server.settings()).unwrap();
         let conn = Connection::open_in_memory().unwrap();
         let out = tempfile::tempdir().unwrap();
-        let summary = apo::run(
-            &apo_world::episodes(),
-            cfg,
-            &llm,
-            &Plugins::none(),
-            &conn,
-            out.path(),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let summary = apo_run(&apo_world::episodes(), cfg, &llm, &conn, out.path())
+            .await
+            .unwrap();
         (summary, server)
     }
 

@@ -8,15 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use whetstone::apo::{self, ApoConfig, OPERATOR_NAMES, ScorerConfig};
+use whetstone::apo::{self, ApoConfig, ApoSummary, OPERATOR_NAMES, ScorerConfig};
 use whetstone::llm::{Backoff, LlmClient};
 use whetstone::plugin::{Limits, PluginSet, Plugins};
 use whetstone::rl::{RlConfig, train};
 use whetstone::rng::Rng;
-use whetstone::trace::{
-    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, TokenUsage, ToolCall,
-    TraceFormat,
-};
+use whetstone::trace::{Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Step, ToolCall};
 
 use super::{guests, host};
 use crate::support::apo_world::{self, WorldServer};
@@ -41,11 +38,21 @@ fn plugins_folder(dir: &Path, plugins: &[(&str, &str)]) -> Plugins {
     set.current()
 }
 
-fn client(settings: whetstone::config::LlmConfig) -> LlmClient {
-    LlmClient::new(settings).unwrap().with_backoff(Backoff {
+/// APO over `episodes` with `plugins` against the server of `settings`,
+/// writing into `out`.
+async fn run_apo(
+    episodes: &[Episode],
+    cfg: &ApoConfig,
+    settings: whetstone::config::LlmConfig,
+    plugins: &Plugins,
+    out: &Path,
+) -> anyhow::Result<ApoSummary> {
+    let llm = LlmClient::new(settings).unwrap().with_backoff(Backoff {
         base: Duration::from_millis(5),
         max: Duration::from_millis(50),
-    })
+    });
+    let conn = Connection::open_in_memory().unwrap();
+    apo::run(episodes, cfg, &llm, plugins, &conn, out, |_| {}).await
 }
 
 /// Only the mutator plugin runs (every built-in operator at weight 0), on
@@ -70,17 +77,13 @@ async fn a_mutator_plugin_is_an_apo_operator_that_improves_the_prompt() {
         min_validation_examples: 4,
         ..ApoConfig::default()
     };
-    let conn = Connection::open_in_memory().unwrap();
     let out = dir.path().join("out");
-    let llm = client(server.settings());
-    let summary = apo::run(
+    let summary = run_apo(
         &apo_world::episodes(),
         &cfg,
-        &llm,
+        server.settings(),
         &plugins,
-        &conn,
         &out,
-        |_| {},
     )
     .await
     .unwrap();
@@ -140,17 +143,13 @@ async fn a_reward_plugin_alone_scores_apo_replays_without_a_judge() {
         plugin_score_weight: 1.0,
         ..ApoConfig::default()
     };
-    let conn = Connection::open_in_memory().unwrap();
     let out = dir.path().join("out");
-    let llm = client(server.settings());
-    let summary = apo::run(
+    let summary = run_apo(
         &support::episodes(24),
         &cfg,
-        &llm,
+        server.settings(),
         &plugins,
-        &conn,
         &out,
-        |_| {},
     )
     .await
     .unwrap();
@@ -181,16 +180,13 @@ async fn a_plugin_score_weight_without_reward_plugins_is_refused() {
         scorer: ScorerConfig::F1,
         ..ApoConfig::default()
     };
-    let conn = Connection::open_in_memory().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let err = apo::run(
+    let err = run_apo(
         &support::episodes(24),
         &cfg,
-        &client(server.settings()),
+        server.settings(),
         &Plugins::none(),
-        &conn,
         out.path(),
-        |_| {},
     )
     .await
     .unwrap_err();
@@ -199,6 +195,24 @@ async fn a_plugin_score_weight_without_reward_plugins_is_refused() {
         err.contains("apo.plugin_score_weight is 0.5 but no reward plugin is loaded"),
         "{err}"
     );
+}
+
+/// PPO over `episodes` with `plugins`, writing into `dir` (`out/`, `rl/`).
+fn train_in(
+    dir: &Path,
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    plugins: &Plugins,
+) -> whetstone::rl::TrainReport {
+    train(
+        episodes,
+        cfg,
+        plugins,
+        &dir.join("out"),
+        &dir.join("rl"),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 const RELIABLE: &str = "weather_api";
@@ -249,22 +263,14 @@ pub(super) fn weather_episodes(n: usize, seed: u64) -> Vec<Episode> {
                     },
                 )
             };
+            let source = Source {
+                file: "weather.jsonl".into(),
+                line: idx as u64 + 1,
+            };
             Episode {
-                trace_id: format!("weather-{idx:04}"),
-                format: TraceFormat::WhetstoneJsonl,
-                prompt: Default::default(),
                 input: Some(question),
-                steps: vec![ask, call],
                 rewards: BTreeMap::from([("success".to_string(), 1.0)]),
-                status: Status::Ok,
-                start_time_unix_nano: None,
-                duration_ms: None,
-                usage: TokenUsage::default(),
-                policy_version: None,
-                source: Source {
-                    file: "weather.jsonl".into(),
-                    line: idx as u64 + 1,
-                },
+                ..Episode::new(format!("weather-{idx:04}"), vec![ask, call], source)
             }
         })
         .collect()
@@ -286,15 +292,7 @@ fn a_reward_plugin_changes_the_learned_policy() {
         ..RlConfig::default()
     };
     let preference = |name: &str, plugins: &Plugins| {
-        let report = train(
-            &episodes,
-            &cfg,
-            plugins,
-            &dir.path().join(format!("out-{name}")),
-            &dir.path().join(format!("rl-{name}")),
-            &mut |_| {},
-        )
-        .unwrap();
+        let report = train_in(&dir.path().join(name), &episodes, &cfg, plugins);
         assert!(report.episodes.skipped.is_empty(), "{:?}", report.episodes);
         let learned = |tool: &str| report.actions[tool].learned_probability;
         (learned(RELIABLE) - learned(FLAKY), report)
@@ -333,15 +331,7 @@ fn a_zero_plugin_reward_weight_leaves_the_plugin_out() {
         plugin_reward_weights: BTreeMap::from([("tool_errors_reward".to_string(), 0.0)]),
         ..RlConfig::default()
     };
-    let report = train(
-        &weather_episodes(50, 1),
-        &cfg,
-        &plugins,
-        &dir.path().join("out"),
-        &dir.path().join("rl"),
-        &mut |_| {},
-    )
-    .unwrap();
+    let report = train_in(dir.path(), &weather_episodes(50, 1), &cfg, &plugins);
     assert!(
         report.plugin_rewards.is_empty(),
         "{:?}",
@@ -363,15 +353,7 @@ fn episodes_a_reward_plugin_fails_on_are_skipped_and_reported() {
         iterations_per_run: 1,
         ..RlConfig::default()
     };
-    let report = train(
-        &weather_episodes(40, 2),
-        &cfg,
-        &plugins,
-        &dir.path().join("out"),
-        &dir.path().join("rl"),
-        &mut |_| {},
-    )
-    .unwrap();
+    let report = train_in(dir.path(), &weather_episodes(40, 2), &cfg, &plugins);
     assert_eq!(report.episodes.used, 0, "{:?}", report.episodes);
     assert_eq!(report.episodes.skipped["plugin_reward_failed"], 40);
     let by_name: BTreeMap<&str, _> = report

@@ -3,13 +3,12 @@
 
 use std::path::Path;
 
-use whetstone::plugin::Plugins;
+use whetstone::rl::RlConfig;
 use whetstone::rl::checkpoint::read_state;
 use whetstone::rl::features::stable_hash;
-use whetstone::rl::{RlConfig, train};
 use whetstone::trace::{Episode, StepKind};
 
-use super::synthetic;
+use super::{synthetic, train_plain};
 
 /// Episodes whose every decision has a logged behavior probability, so
 /// training does not depend on which policy is promoted.
@@ -39,23 +38,19 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
         iterations_per_run: 2,
         ..RlConfig::default()
     };
-    let first = train(
+    let first = train_plain(
         &episodes,
         &cfg,
-        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("split"),
-        &mut |_| {},
     )
     .unwrap();
     assert!(!first.resumed_from_checkpoint);
-    let second = train(
+    let second = train_plain(
         &episodes,
         &cfg,
-        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("split"),
-        &mut |_| {},
     )
     .unwrap();
     assert!(second.resumed_from_checkpoint);
@@ -72,13 +67,11 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
         iterations_per_run: 4,
         ..RlConfig::default()
     };
-    train(
+    train_plain(
         &episodes,
         &once,
-        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("once"),
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(
@@ -100,7 +93,7 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let dir = tmp.path().join("rl");
-    train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
+    train_plain(&episodes, &cfg, &out, &dir).unwrap();
 
     let bigger = RlConfig {
         hidden_dim: 32,
@@ -108,15 +101,7 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     };
     let err = format!(
         "{:#}",
-        train(
-            &episodes,
-            &bigger,
-            &Plugins::none(),
-            &out,
-            &dir,
-            &mut |_| {}
-        )
-        .unwrap_err()
+        train_plain(&episodes, &bigger, &out, &dir).unwrap_err()
     );
     assert!(
         err.contains("rl.hidden_dim is 32 but the checkpoint has 64"),
@@ -135,14 +120,14 @@ fn inconsistent_checkpoints_are_errors_not_fresh_starts() {
     std::fs::write(dir.join(learner), &bytes).unwrap();
     let err = format!(
         "{:#}",
-        train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap_err()
+        train_plain(&episodes, &cfg, &out, &dir).unwrap_err()
     );
     assert!(err.contains("SHA-256"), "{err}");
 
     std::fs::remove_file(dir.join("state.json")).unwrap();
     let err = format!(
         "{:#}",
-        train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap_err()
+        train_plain(&episodes, &cfg, &out, &dir).unwrap_err()
     );
     assert!(err.contains("refusing to start training over"), "{err}");
 }
@@ -164,13 +149,11 @@ fn bad_episodes_are_counted_in_the_report() {
         iterations_per_run: 1,
         ..RlConfig::default()
     };
-    let report = train(
+    let report = train_plain(
         &episodes,
         &cfg,
-        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("rl"),
-        &mut |_| {},
     )
     .unwrap();
     let skipped: Vec<(&str, usize)> = report
@@ -212,15 +195,7 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         holdout_fraction: 0.0,
         ..RlConfig::default()
     };
-    let first = train(
-        &episodes,
-        &cfg,
-        &Plugins::none(),
-        &tmp.path().join("out"),
-        &dir,
-        &mut |_| {},
-    )
-    .unwrap();
+    let first = train_plain(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
     let source = &first.behavior_probability_source;
     assert!(source.policy_snapshot > 0);
     assert_eq!((source.trace, source.frozen_earlier), (0, 0));
@@ -239,15 +214,7 @@ fn unlogged_behavior_probabilities_are_frozen_at_first_sight() {
         "uniform: {p}"
     );
 
-    let second = train(
-        &episodes,
-        &cfg,
-        &Plugins::none(),
-        &tmp.path().join("out"),
-        &dir,
-        &mut |_| {},
-    )
-    .unwrap();
+    let second = train_plain(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
     let source = &second.behavior_probability_source;
     assert_eq!(
         source.policy_snapshot, 0,
@@ -273,7 +240,7 @@ fn a_worse_candidate_is_not_promoted() {
         iterations_per_run: 10,
         ..RlConfig::default()
     };
-    let first = train(&episodes, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
+    let first = train_plain(&episodes, &cfg, &out, &dir).unwrap();
     assert!(first.promotion.promoted, "{:?}", first.promotion);
     let weights = std::fs::read(out.join("policy.safetensors")).unwrap();
     // Training episodes (not the held-out ones) with the reward inverted:
@@ -293,7 +260,7 @@ fn a_worse_candidate_is_not_promoted() {
             episode
         })
         .collect();
-    let second = train(&poisoned, &cfg, &Plugins::none(), &out, &dir, &mut |_| {}).unwrap();
+    let second = train_plain(&poisoned, &cfg, &out, &dir).unwrap();
     let ope = second.off_policy_evaluation.as_ref().unwrap();
     assert!(ope.candidate.snips < ope.current.snips, "{ope:?}");
     assert!(!second.promotion.promoted, "{:?}", second.promotion);
@@ -320,13 +287,11 @@ fn too_little_held_out_data_does_not_promote() {
         iterations_per_run: 1,
         ..RlConfig::default()
     };
-    let report = train(
+    let report = train_plain(
         &episodes,
         &cfg,
-        &Plugins::none(),
         &tmp.path().join("out"),
         &tmp.path().join("rl"),
-        &mut |_| {},
     )
     .unwrap();
     assert!(!report.promotion.promoted, "{:?}", report.promotion);

@@ -4,9 +4,9 @@
 //! text, previous tool, previous error, step) can reach, on tasks it never
 //! saw.
 
-use whetstone::plugin::Plugins;
-use whetstone::rl::{RlConfig, train};
+use whetstone::rl::RlConfig;
 
+use super::train_plain;
 use super::world::{self, HeldOut};
 
 #[test]
@@ -15,13 +15,11 @@ fn default_run_beats_the_logging_policy_and_nears_the_optimum() {
     let episodes = world::logged_otlp_episodes(tmp.path(), 4000, 1);
     assert_eq!(episodes.len(), 4000);
     let checkpoint_dir = tmp.path().join("rl");
-    let report = train(
+    let report = train_plain(
         &episodes,
         &RlConfig::default(),
-        &Plugins::none(),
         &tmp.path().join("out"),
         &checkpoint_dir,
-        &mut |_| {},
     )
     .unwrap();
     assert!(report.episodes.skipped.is_empty(), "{:?}", report.episodes);

@@ -13,3 +13,26 @@ mod checkpoint;
 mod cli;
 
 mod samples;
+
+use std::path::Path;
+
+use whetstone::plugin::Plugins;
+use whetstone::rl::{RlConfig, TrainReport, train};
+use whetstone::trace::Episode;
+
+/// `rl::train` without plugins, ignoring progress.
+fn train_plain(
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+) -> anyhow::Result<TrainReport> {
+    train(
+        episodes,
+        cfg,
+        &Plugins::none(),
+        out_dir,
+        checkpoint_dir,
+        &mut |_| {},
+    )
+}

@@ -11,10 +11,7 @@ use std::collections::BTreeMap;
 
 use whetstone::rl::NO_TOOL;
 use whetstone::rng::Rng;
-use whetstone::trace::{
-    Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Status, Step, TokenUsage, ToolCall,
-    TraceFormat,
-};
+use whetstone::trace::{Episode, LlmCall, PolicyChoice, RequestedToolCall, Source, Step, ToolCall};
 
 /// The tools the synthetic agent has.
 pub const TOOLS: [&str; 3] = ["calculator", "get_weather", "search"];
@@ -154,22 +151,14 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                 steps.push(Step::tool(chosen, tool));
             }
             let reward = if chosen == best { 1.0 } else { 0.0 };
+            let source = Source {
+                file: "synthetic.jsonl".into(),
+                line: i as u64 + 1,
+            };
             Episode {
-                trace_id: format!("{seed:x}-{i:08x}"),
-                format: TraceFormat::WhetstoneJsonl,
-                prompt: Default::default(),
                 input: Some(input),
-                steps,
                 rewards: BTreeMap::from([("correct".to_string(), reward)]),
-                status: Status::Ok,
-                start_time_unix_nano: None,
-                duration_ms: None,
-                usage: TokenUsage::default(),
-                policy_version: None,
-                source: Source {
-                    file: "synthetic.jsonl".into(),
-                    line: i as u64 + 1,
-                },
+                ..Episode::new(format!("{seed:x}-{i:08x}"), steps, source)
             }
         })
         .collect()

@@ -28,9 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use whetstone::config::LlmConfig;
-use whetstone::trace::{
-    Episode, LlmCall, Message, PromptRef, Source, Status, Step, TokenUsage, TraceFormat,
-};
+use whetstone::trace::{Episode, LlmCall, Message, PromptRef, Source, Step};
 
 pub const CITE: &str = "cite the tool result";
 pub const ONE_SENTENCE: &str = "answer in one sentence";
@@ -404,49 +402,40 @@ pub fn episode(id: &str, question: &str, tool_result: &str, good: bool) -> Episo
         format!("Not sure, maybe {tool_result}?")
     };
     let reward = if good { 1.0 } else { 0.1 };
+    let step = Step::llm(
+        "gpt-test".to_string(),
+        LlmCall {
+            input_messages: vec![
+                Message {
+                    role: "system".to_string(),
+                    content: "You are the Controller.".to_string(),
+                },
+                Message {
+                    role: "user".to_string(),
+                    content: question.to_string(),
+                },
+                Message {
+                    role: "tool".to_string(),
+                    content: tool_result.to_string(),
+                },
+            ],
+            output_text: Some(answer),
+            ..LlmCall::default()
+        },
+    );
+    let source = Source {
+        file: "test.jsonl".to_string(),
+        line: 1,
+    };
     Episode {
-        trace_id: id.to_string(),
-        format: TraceFormat::WhetstoneJsonl,
         prompt: PromptRef {
             name: Some("Controller".to_string()),
             version: Some("1".to_string()),
             text: Some("You are the Controller.".to_string()),
         },
         input: Some(question.to_string()),
-        steps: vec![Step::llm(
-            "gpt-test".to_string(),
-            LlmCall {
-                input_messages: vec![
-                    Message {
-                        role: "system".to_string(),
-                        content: "You are the Controller.".to_string(),
-                    },
-                    Message {
-                        role: "user".to_string(),
-                        content: question.to_string(),
-                    },
-                    Message {
-                        role: "tool".to_string(),
-                        content: tool_result.to_string(),
-                    },
-                ],
-                output_text: Some(answer),
-                tool_calls: Vec::new(),
-                tools_available: Vec::new(),
-                usage: TokenUsage::default(),
-                policy: None,
-            },
-        )],
         rewards: BTreeMap::from([("task_success".to_string(), reward)]),
-        status: Status::Ok,
-        start_time_unix_nano: None,
-        duration_ms: None,
-        usage: TokenUsage::default(),
-        policy_version: None,
-        source: Source {
-            file: "test.jsonl".to_string(),
-            line: 1,
-        },
+        ..Episode::new(id, vec![step], source)
     }
 }
 
