@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use super::dataset::Example;
 use super::engine::Variant;
-use crate::plugin::{self, MutationContext, Plugin, PluginError, Plugins, World};
+use crate::plugin::{self, ErrorKind, MutationContext, Plugin, PluginError, Plugins, World};
 use crate::trace::{Episode, LlmCall, Message, PromptRef, Source, Step};
 
 /// Prefix of a plugin operator's name.
@@ -110,11 +110,8 @@ pub async fn mutate(
         .into_iter()
         .find(|plugin| plugin.name == name)
     else {
-        return Err(PluginError {
-            plugin: name.to_owned(),
-            version: None,
-            kind: plugin::ErrorKind::Load("is not a loaded mutator plugin".to_owned()),
-        });
+        let reason = "is not a loaded mutator plugin".to_owned();
+        return Err(PluginError::new(name, None, ErrorKind::Load(reason)));
     };
     let plugins = plugins.clone();
     let prompt = prompt.to_owned();
@@ -198,11 +195,12 @@ impl PluginScorer {
         for plugin in &self.reward {
             let scores = self.plugins.score(plugin, episode_json)?;
             if scores.is_empty() {
-                return Err(PluginError {
-                    plugin: plugin.name.clone(),
-                    version: Some(plugin.version),
-                    kind: plugin::ErrorKind::Returned("returned no score".to_owned()),
-                });
+                let reason = "no score".to_owned();
+                return Err(PluginError::new(
+                    &plugin.name,
+                    Some(plugin.version),
+                    ErrorKind::Unusable(reason),
+                ));
             }
             let mean = scores
                 .iter()
@@ -259,12 +257,9 @@ fn replay_episode_json(replay: &Replay<'_>) -> String {
 }
 
 fn panicked(plugin: &str, join: &tokio::task::JoinError) -> PluginError {
-    PluginError {
-        plugin: plugin.to_owned(),
-        version: None,
-        kind: plugin::ErrorKind::Trap {
-            message: format!("the host task calling it failed: {join}"),
-            stderr_tail: String::new(),
-        },
-    }
+    let kind = ErrorKind::Trap {
+        message: format!("the host task calling it failed: {join}"),
+        stderr_tail: String::new(),
+    };
+    PluginError::new(plugin, None, kind)
 }

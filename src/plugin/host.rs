@@ -207,7 +207,7 @@ impl PluginHost {
     }
 
     /// Scores `episode_json` (an episode as `docs/TRACE_FORMAT.md` shows it)
-    /// with a reward plugin.
+    /// with a reward plugin. A NaN or infinite score fails the call.
     pub fn score(
         &self,
         plugin: &Plugin,
@@ -219,6 +219,10 @@ impl PluginHost {
         let scores = scores.map_err(|message| plugin.error(ErrorKind::Returned(message)))?;
         let size: usize = scores.iter().map(|score| score.name.len() + 8).sum();
         check_output(plugin, size)?;
+        if let Some(score) = scores.iter().find(|score| !score.value.is_finite()) {
+            let message = format!("score `{}` is {}", score.name, score.value);
+            return Err(plugin.error(ErrorKind::Unusable(message)));
+        }
         Ok(scores)
     }
 

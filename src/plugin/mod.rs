@@ -74,7 +74,8 @@ pub struct PluginError {
 }
 
 impl PluginError {
-    fn new(plugin: &str, version: Option<WitVersion>, kind: ErrorKind) -> PluginError {
+    /// An error of the plugin named `plugin`.
+    pub fn new(plugin: &str, version: Option<WitVersion>, kind: ErrorKind) -> PluginError {
         PluginError {
             plugin: plugin.to_owned(),
             version,
@@ -103,4 +104,8 @@ pub enum ErrorKind {
     /// The plugin returned an error of its own.
     #[error("returned an error: {0}")]
     Returned(String),
+    /// The plugin returned something the caller cannot use (a NaN score,
+    /// no score at all).
+    #[error("returned an unusable result: {0}")]
+    Unusable(String),
 }

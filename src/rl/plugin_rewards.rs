@@ -154,14 +154,16 @@ fn score_episode(
             let scores = plugins
                 .score(plugin, &json)
                 .map_err(|err| format!("episode {}: {err}", episode.trace_id))?;
-            let sum: f64 = scores.iter().map(|score| score.value).sum();
-            if !sum.is_finite() {
+            // Each score is finite (the host checks); their weighted sum
+            // can still overflow.
+            let reward = weight * scores.iter().map(|score| score.value).sum::<f64>();
+            if !reward.is_finite() {
                 return Err(format!(
-                    "episode {}: plugin `{}` returned a non-finite score",
+                    "episode {}: plugin `{}`: its weighted scores add up to {reward}",
                     episode.trace_id, plugin.name
                 ));
             }
-            Ok(weight * sum)
+            Ok(reward)
         })
         .collect()
 }

@@ -281,3 +281,20 @@ fn a_thousand_concurrent_calls_complete_with_bounded_memory() {
         rss_growth >> 20
     );
 }
+
+#[test]
+fn a_nan_score_is_refused() {
+    let host = host(2);
+    let message = attack(
+        &host,
+        "hostile_nan_score",
+        Limits::default(),
+        json!({}),
+        Duration::from_secs(2),
+        |kind| matches!(kind, ErrorKind::Unusable(_)),
+    );
+    assert!(
+        message.ends_with("returned an unusable result: score `quality` is NaN"),
+        "{message}"
+    );
+}
