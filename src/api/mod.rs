@@ -17,6 +17,8 @@
 //! that variable is set, loopback requires it too. Errors are JSON
 //! `{"error": "..."}` with a fitting status.
 
+mod status;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,31 +32,40 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::config::{ApiConfig, Config};
-use crate::daemon::Status;
+use crate::owner::Owner;
 use crate::registry::{PromptRegistry, Resolved};
 use crate::rl::{self, ActRequest};
 use crate::rng::Rng;
 use crate::store::{Round, Store};
 
-/// What the handlers share with the daemon.
+pub use status::{IngestStatus, RunningRound, Status};
+
+/// What the handlers share.
 pub struct ApiState {
-    status: Mutex<Status>,
-    /// The store, for listing rounds (a connection of its own).
-    store: Mutex<Store>,
-    /// The prompt registry, for resolving (another connection).
-    registry: Mutex<PromptRegistry>,
+    /// The daemon's status, as it last published it.
+    status: watch::Receiver<Status>,
+    /// The API's own store and registry connections, on a thread of their
+    /// own so no handler runs SQLite on a runtime worker.
+    db: Owner<ApiDb>,
     checkpoint_dir: Mutex<PathBuf>,
     /// Bearer token requests must carry, when one is configured.
     token: Option<String>,
     rng: Mutex<Rng>,
 }
 
+/// The API's store connection (listing rounds) and registry (resolving).
+struct ApiDb {
+    store: Store,
+    registry: PromptRegistry,
+}
+
 impl ApiState {
-    /// State for `config`, starting from `status`; the token comes from the
-    /// environment variable `api.token_env` names.
-    pub fn new(config: &Config, status: Status) -> anyhow::Result<ApiState> {
+    /// State for `config`, reading the daemon's `status`; the token comes
+    /// from the environment variable `api.token_env` names.
+    pub fn new(config: &Config, status: watch::Receiver<Status>) -> anyhow::Result<ApiState> {
         let token = std::env::var(&config.api.token_env)
             .ok()
             .filter(|token| !token.is_empty());
@@ -64,18 +75,17 @@ impl ApiState {
     /// State for `config` with an explicit `token` (or none).
     pub fn with_token(
         config: &Config,
-        status: Status,
+        status: watch::Receiver<Status>,
         token: Option<String>,
     ) -> anyhow::Result<ApiState> {
         let seed = crate::store::now_unix_ms() as u64 ^ u64::from(std::process::id());
+        let db = ApiDb {
+            store: Store::open(&config.data_dir)?,
+            registry: PromptRegistry::open(&config.data_dir, config.registry.clone(), "api")?,
+        };
         Ok(ApiState {
-            status: Mutex::new(status),
-            store: Mutex::new(Store::open(&config.data_dir)?),
-            registry: Mutex::new(PromptRegistry::open(
-                &config.data_dir,
-                config.registry.clone(),
-                "api",
-            )?),
+            status,
+            db: Owner::spawn("api-store", db)?,
             checkpoint_dir: Mutex::new(config.data_dir.join("rl")),
             token,
             rng: Mutex::new(Rng::new(seed)),
@@ -84,20 +94,18 @@ impl ApiState {
 
     /// A copy of the current status.
     pub fn status(&self) -> Status {
-        self.status_mut().clone()
-    }
-
-    /// The status, to update it. Never held across an `.await`.
-    pub fn status_mut(&self) -> MutexGuard<'_, Status> {
-        self.status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.status.borrow().clone()
     }
 
     /// Takes the reloadable parts of a new configuration.
-    pub fn set_config(&self, config: &Config) {
+    pub async fn set_config(&self, config: &Config) {
         *lock(&self.checkpoint_dir) = config.data_dir.join("rl");
-        lock(&self.registry).set_config(config.registry.clone());
+        let registry = config.registry.clone();
+        // Only fails when the thread is gone, and then nothing resolves.
+        let _ = self
+            .db
+            .call(move |db| db.registry.set_config(registry))
+            .await;
     }
 }
 
@@ -230,8 +238,11 @@ async fn rounds(
     Query(query): Query<RoundsQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = query.limit.unwrap_or(50).min(1000);
-    let rounds = lock(&state.store)
-        .rounds(limit)
+    let rounds = state
+        .db
+        .call(move |db| db.store.rounds(limit))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(Json(rounds.iter().map(round_json).collect()))
 }
@@ -240,7 +251,13 @@ async fn round(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    match lock(&state.store).round(id).map_err(ApiError::internal)? {
+    let round = state
+        .db
+        .call(move |db| db.store.round(id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    match round {
         Some(round) => Ok(Json(round_json(&round))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -281,8 +298,11 @@ async fn resolve(
     query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Resolved>, ApiError> {
     let Query(query) = query.map_err(|err| ApiError::new(err.status(), err.body_text()))?;
-    lock(&state.registry)
-        .resolve(&name, &query.key)
+    state
+        .db
+        .call(move |db| db.registry.resolve(&name, &query.key))
+        .await
+        .map_err(ApiError::internal)?
         .map(Json)
         .map_err(|err| ApiError::new(StatusCode::NOT_FOUND, format!("{err:#}")))
 }
@@ -388,10 +408,10 @@ mod tests {
             data_dir: dir.to_path_buf(),
             ..Config::default()
         };
-        let status = Status {
+        let (_, status) = watch::channel(Status {
             config_source: "test".into(),
             ..Status::default()
-        };
+        });
         Arc::new(ApiState::with_token(&config, status, token.map(str::to_string)).unwrap())
     }
 

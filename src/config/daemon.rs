@@ -36,6 +36,10 @@ pub struct DaemonConfig {
     /// A failed round is retried after this many seconds, doubled after each
     /// further failure up to an hour.
     pub retry_backoff_secs: u64,
+    /// How long the daemon's own store steps wait for another process's
+    /// lock on the database before failing (reported, retried with
+    /// backoff).
+    pub store_busy_timeout_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -49,6 +53,7 @@ impl Default for DaemonConfig {
             apo_interval_secs: 86_400,
             rl_min_new_decisions: 200,
             retry_backoff_secs: 60,
+            store_busy_timeout_secs: 30,
         }
     }
 }
@@ -61,6 +66,11 @@ impl DaemonConfig {
         check.in_range("poll_interval_secs", self.poll_interval_secs, 1..=86_400);
         check.in_range("debounce_millis", self.debounce_millis, 0..=60_000);
         check.in_range("retry_backoff_secs", self.retry_backoff_secs, 1..=86_400);
+        check.in_range(
+            "store_busy_timeout_secs",
+            self.store_busy_timeout_secs,
+            1..=3600,
+        );
     }
 
     pub(super) fn resolve_paths(&mut self, base: &Path) {

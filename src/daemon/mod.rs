@@ -4,23 +4,29 @@
 //! `ingest::ingest_paths`), starts an APO round or a PPO update when enough
 //! new data came in, serves the local HTTP API (`crate::api`), and reloads
 //! `config.toml` when it is edited. Everything happens in one loop over a
-//! closed set of [`Event`]s; the slow parts run elsewhere and report back
-//! with an event:
+//! closed set of [`Event`]s; nothing in the loop blocks, the slow parts run
+//! elsewhere and report back with an event or an awaited reply:
 //!
 //! ```text
-//!  watcher (notify) ─┐                       ┌─► ingest thread (owns a Store) ─┐
-//!  poll timer ───────┼─► Event ─► daemon loop┤                                 ├─► Event
-//!  SIGINT/SIGTERM ───┘              │        └─► round threads (APO, PPO) ─────┘
-//!                                   └─► Status (shared with the API)
+//!  watcher (notify) ─┐                          ┌─► ingest thread (owns a Store) ──┐
+//!  poll timer ───────┤                          ├─► round threads (APO, PPO) ──────┤
+//!  SIGINT/SIGTERM ───┼─► Event ─► daemon loop ──┼─► endpoint probe task ───────────┼─► Event
+//!  plugin reloads ───┘              │   ▲       └─► plugin reload (blocking) ──────┘
+//!                                   │   └── awaits ── store thread (Store + registry)
+//!                                   └─► watch<Status> ─► api (reads only)
 //! ```
 //!
-//! Ingestion never waits for a round: rounds run on their own threads with
-//! their own store connections, one at a time per kind. A failed round is
-//! retried with backoff; the daemon keeps running.
+//! The daemon's store and registry connections belong to one thread
+//! ([`Owner`]), fed closures by channel. Ingestion never waits for a round:
+//! rounds run on their own threads with their own store connections, one at
+//! a time per kind. A failed round is retried with backoff; so is a step of
+//! the loop's own that fails on the store (another process holding the
+//! database longer than `daemon.store_busy_timeout_secs`, say): the error is
+//! shown in `/v1/status` (`store_error`) and the daemon keeps running.
 
+mod once;
 mod reload;
 mod rounds;
-pub mod status;
 mod triggers;
 mod watcher;
 
@@ -33,18 +39,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, RunningRound, Status};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::owner::Owner;
 use crate::plugin::PluginSet;
-use crate::registry::{self, Decision, Lineage, PromptRegistry};
-use crate::store::{NewRound, Store, now_unix_ms};
+use crate::registry::PromptRegistry;
+use crate::store::{NewRound, Store, StoreError, now_unix_ms};
 
 pub use reload::{Reload, reload};
 pub use rounds::{RoundKind, publish_latest};
-pub use status::Status;
 
-use rounds::{Candidate, RoundJob, RoundResult};
+use rounds::{RoundJob, RoundResult};
 use triggers::{Backoff, Due};
 use watcher::Change;
 
@@ -66,13 +72,36 @@ enum Event {
     PollTick,
     DebounceElapsed,
     Ingested(Result<IngestReport, String>),
-    PluginsReloaded,
+    PluginsReloaded(PluginsLoaded),
+    /// The LLM endpoint was probed before an APO round that is `due`:
+    /// `unreachable` says why not, when it did not answer.
+    EndpointProbed {
+        due: Due,
+        unreachable: Option<String>,
+    },
+    RoundProgress {
+        kind: RoundKind,
+        message: String,
+    },
     RoundEnded {
         kind: RoundKind,
         id: i64,
         result: Result<RoundResult, String>,
     },
     Shutdown,
+}
+
+/// The plugins loaded after a reload, and the failures, for the status.
+#[derive(Debug, Default)]
+struct PluginsLoaded {
+    plugins: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// What the store thread owns: the daemon's store connection and registry.
+struct DaemonDb {
+    store: Store,
+    registry: PromptRegistry,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM (or, with `once`, until its one
@@ -91,12 +120,13 @@ pub fn run(config: Config, options: DaemonOptions, out: &mut dyn Write) -> anyho
 struct Daemon {
     config: Config,
     options: DaemonOptions,
-    store: Store,
-    registry: PromptRegistry,
+    db: Owner<DaemonDb>,
     /// The plugins of `[plugins] dir`, reloaded on change.
     plugins: Arc<PluginSet>,
     plugins_reloading: bool,
-    shared: Arc<ApiState>,
+    /// The status, published to the API; only the loop writes it.
+    status: watch::Sender<Status>,
+    api: Arc<ApiState>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     ingest_jobs: std::sync::mpsc::Sender<IngestOptions>,
@@ -104,7 +134,13 @@ struct Daemon {
     ingest_again: bool,
     debounce_until: Option<Instant>,
     running: BTreeMap<RoundKind, i64>,
+    /// An endpoint probe before an APO round is in flight.
+    probing: bool,
     backoff: BTreeMap<RoundKind, Backoff>,
+    /// Retry timing of the loop's own store steps after a store error.
+    store_backoff: Backoff,
+    /// Round outcomes the store could not record yet, retried on each poll.
+    unrecorded: Vec<(i64, Result<String, String>)>,
     started: Instant,
     cancel: watch::Sender<bool>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -118,86 +154,46 @@ impl Daemon {
         for dir in [&config.data_dir, &config.traces.dir, &config.output_dir()] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let store = Store::open(&config.data_dir)?;
+        let busy_timeout = Duration::from_secs(config.daemon.store_busy_timeout_secs);
+        let store = Store::open_with_busy_timeout(&config.data_dir, busy_timeout)?;
+        let resume = interrupted_rounds(&store)?;
+        let registry = PromptRegistry::new(
+            Store::open_with_busy_timeout(&config.data_dir, busy_timeout)?,
+            config.registry.clone(),
+            "daemon",
+        );
+        let db = Owner::spawn("daemon-store", DaemonDb { store, registry })?;
         let (events_tx, events) = mpsc::channel(256);
-        let status = Status {
+        let (status, status_rx) = watch::channel(Status {
             started_at_unix_ms: now_unix_ms(),
             config_source: options
                 .config_file
                 .as_ref()
                 .map_or("embedded defaults".to_string(), |f| f.display().to_string()),
             ..Status::default()
-        };
-        let shared = Arc::new(ApiState::new(&config, status)?);
-
-        // The ingest thread owns a store connection of its own.
-        let (ingest_jobs, ingest_rx) = std::sync::mpsc::channel::<IngestOptions>();
-        let mut ingest_store = Store::open(&config.data_dir)?;
-        let traces_dir = config.traces.dir.clone();
-        let ingest_events = events_tx.clone();
-        std::thread::Builder::new()
-            .name("ingest".into())
-            .spawn(move || {
-                for options in ingest_rx {
-                    let report = ingest::ingest_paths(
-                        &mut ingest_store,
-                        std::slice::from_ref(&traces_dir),
-                        &options,
-                        &mut |_| {},
-                    )
-                    .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
-                    if ingest_events
-                        .blocking_send(Event::Ingested(report))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            })?;
-
-        let (change_tx, mut change_rx) = mpsc::channel(16);
+        });
+        let api = Arc::new(ApiState::new(&config, status_rx)?);
+        let ingest_jobs = spawn_ingest_thread(&config, events_tx.clone())?;
         let watcher = if config.daemon.watch_events && !options.once {
-            match watcher::watch(
-                &config.traces.dir,
-                options.config_file.as_deref(),
-                Some(&config.plugins.dir),
-                change_tx,
-            ) {
-                Ok(watcher) => Some(watcher),
-                Err(err) => {
-                    tracing::warn!(error = %err, "no filesystem events; polling every {}s", config.daemon.poll_interval_secs);
-                    None
-                }
-            }
+            spawn_watcher(&config, &options, events_tx.clone())
         } else {
             None
         };
-        let forward = events_tx.clone();
-        tokio::spawn(async move {
-            while let Some(change) = change_rx.recv().await {
-                if forward.send(Event::Change(change)).await.is_err() {
-                    return;
-                }
-            }
-        });
-
         let api_task = if options.once {
             None
         } else {
-            Some(api::serve(&config.api, Arc::clone(&shared)).await?)
+            Some(api::serve(&config.api, Arc::clone(&api)).await?)
         };
-        let resume = interrupted_rounds(&store)?;
-        let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
         let plugins = Arc::new(config.plugins.open(&config.data_dir)?);
         let (cancel, _) = watch::channel(false);
         Ok(Daemon {
             config,
             options,
-            store,
-            registry,
+            db,
             plugins,
             plugins_reloading: false,
-            shared,
+            status,
+            api,
             events_tx,
             events,
             ingest_jobs,
@@ -205,7 +201,10 @@ impl Daemon {
             ingest_again: false,
             debounce_until: None,
             running: BTreeMap::new(),
+            probing: false,
             backoff: BTreeMap::new(),
+            store_backoff: Backoff::default(),
+            unrecorded: Vec::new(),
             started: Instant::now(),
             cancel,
             _watcher: watcher,
@@ -216,14 +215,15 @@ impl Daemon {
 
     async fn run(&mut self, out: &mut dyn Write) -> anyhow::Result<()> {
         tracing::info!(
-            config = %self.shared.status().config_source,
+            config = %self.status.borrow().config_source,
             traces = %self.config.traces.dir.display(),
             outputs = %self.config.output_dir().display(),
             "daemon started"
         );
         spawn_signal_listener(self.events_tx.clone());
         // Rounds (resumed ones too) use the plugins, so they load first.
-        tokio::task::spawn_blocking(self.plugin_reload()).await?;
+        let loaded = tokio::task::spawn_blocking(self.plugin_reload()).await?;
+        self.plugins_loaded(loaded);
         if self.options.once {
             return self.run_once(out).await;
         }
@@ -233,7 +233,11 @@ impl Daemon {
                 kind = job.kind.as_str(),
                 "resuming an interrupted round"
             );
-            self.store.resume_round(job.id)?;
+            let id = job.id;
+            // Only counts the attempt: the round runs again either way.
+            if let Err(err) = self.store(move |db| db.store.resume_round(id)).await {
+                self.store_failed(err);
+            }
             self.launch(job);
         }
         self.request_ingest(false);
@@ -247,120 +251,88 @@ impl Daemon {
                 _ = poll.tick() => Event::PollTick,
                 _ = sleep_until(debounce), if debounce.is_some() => Event::DebounceElapsed,
             };
-            match event {
-                Event::Change(Change::Traces) => {
-                    if self.debounce_until.is_none() {
-                        self.debounce_until = Some(
-                            Instant::now()
-                                + Duration::from_millis(self.config.daemon.debounce_millis),
-                        );
-                    }
-                }
-                Event::Change(Change::Config) => self.reload_config(),
-                Event::Change(Change::Plugins) => self.reload_plugins(),
-                Event::PluginsReloaded => self.plugins_reloading = false,
-                Event::DebounceElapsed => {
-                    self.debounce_until = None;
-                    self.request_ingest(false);
-                }
-                Event::PollTick => {
-                    self.request_ingest(false);
-                    self.reload_plugins();
-                    self.start_due_rounds().await?;
-                }
-                Event::Ingested(report) => {
-                    self.ingested(report);
-                    self.step_tests();
-                    self.start_due_rounds().await?;
-                }
-                Event::RoundEnded { kind, id, result } => {
-                    self.round_ended(kind, id, result)?;
-                    self.start_due_rounds().await?;
-                }
-                Event::Shutdown => return self.shutdown().await,
+            if let Event::Shutdown = event {
+                return self.shutdown().await;
             }
+            self.handle(event).await;
         }
     }
 
-    /// `daemon --once`: catch up, one PPO update, one APO round if the
-    /// endpoint answers, then report and exit.
-    async fn run_once(&mut self, out: &mut dyn Write) -> anyhow::Result<()> {
-        let options = IngestOptions {
-            finalize: true,
-            ..IngestOptions::from(&self.config.traces)
-        };
-        self.ingest_busy = true;
-        self.ingest_jobs.send(options)?;
-        let mut planned: Vec<RoundKind> = Vec::new();
-        loop {
-            match self.events.recv().await {
-                Some(Event::Ingested(report)) => {
-                    let report = self.ingested(report);
-                    if let Some(report) = report {
-                        writeln!(
-                            out,
-                            "ingested {} new episodes from {} ({} duplicates skipped, {} rejected)",
-                            report.episodes_new,
-                            self.config.traces.dir.display(),
-                            report.episodes_duplicate,
-                            report.rejects_total()
-                        )?;
-                    }
-                    let arrivals = self.store.arrivals_since(0, None)?;
-                    if arrivals.decisions > 0 {
-                        planned.push(RoundKind::Rl);
-                    }
-                    let target = &self.config.apo.target_prompt;
-                    if self.store.arrivals_since(0, Some(target))?.episodes == 0 {
-                        writeln!(
-                            out,
-                            "APO skipped: no episode of prompt `{target}` (apo.target_prompt)"
-                        )?;
-                    } else if let Some(why) = triggers::endpoint_unreachable(&self.config.llm).await
-                    {
-                        writeln!(out, "APO skipped: {why}")?;
-                    } else {
-                        planned.push(RoundKind::Apo);
-                    }
-                    planned.reverse();
-                    match planned.pop() {
-                        Some(kind) => self.launch_new(kind, "daemon --once")?,
-                        None => break,
-                    }
+    /// One event of the running loop.
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Change(Change::Traces) => {
+                if self.debounce_until.is_none() {
+                    self.debounce_until = Some(
+                        Instant::now() + Duration::from_millis(self.config.daemon.debounce_millis),
+                    );
                 }
-                Some(Event::RoundEnded { kind, id, result }) => {
-                    let round_dir = self.round_dir(id, kind);
-                    match &result {
-                        Ok(result) => {
-                            writeln!(out, "{}", result.headline)?;
-                            for line in &result.details {
-                                writeln!(out, "  {line}")?;
-                            }
-                            writeln!(out, "  outputs: {}", round_dir.display())?;
-                        }
-                        Err(err) => writeln!(out, "{} round {id} failed: {err}", kind.as_str())?,
-                    }
-                    self.round_ended(kind, id, result)?;
-                    match planned.pop() {
-                        Some(kind) => self.launch_new(kind, "daemon --once")?,
-                        None => break,
-                    }
-                }
-                Some(Event::Shutdown) => return self.shutdown().await,
-                Some(_) => {}
-                None => break,
             }
+            Event::Change(Change::Config) => self.reload_config().await,
+            Event::Change(Change::Plugins) => self.reload_plugins(),
+            Event::PluginsReloaded(loaded) => {
+                self.plugins_reloading = false;
+                self.plugins_loaded(loaded);
+            }
+            Event::DebounceElapsed => {
+                self.debounce_until = None;
+                self.request_ingest(false);
+            }
+            Event::PollTick => {
+                self.request_ingest(false);
+                self.reload_plugins();
+                self.record_unrecorded().await;
+                self.start_due_rounds().await;
+            }
+            Event::Ingested(report) => {
+                self.ingested(report);
+                self.step_tests().await;
+                self.start_due_rounds().await;
+            }
+            Event::EndpointProbed { due, unreachable } => {
+                self.probing = false;
+                self.endpoint_probed(due, unreachable).await;
+            }
+            Event::RoundProgress { kind, message } => self.status.send_modify(|status| {
+                if let Some(round) = status.running.get_mut(kind.as_str()) {
+                    round.progress = message;
+                }
+            }),
+            Event::RoundEnded { kind, id, result } => {
+                self.round_ended(kind, id, result).await;
+                self.start_due_rounds().await;
+            }
+            Event::Shutdown => {}
         }
-        writeln!(
-            out,
-            "latest outputs: {}",
-            self.config.output_dir().join("latest").display()
-        )?;
-        let failed: u64 = self.shared.status().rounds_failed.values().sum();
-        if failed > 0 {
-            anyhow::bail!("{failed} round(s) failed (listed above)");
+    }
+
+    /// Runs `f` on the store thread.
+    async fn store<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DaemonDb) -> Result<R, StoreError> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        Ok(self.db.call(f).await??)
+    }
+
+    /// A step of the loop failed on the store: reported in the status, and
+    /// the loop's store steps pause for the backoff.
+    fn store_failed(&mut self, err: anyhow::Error) {
+        let delay = self.store_backoff.failed(&self.config);
+        let message = format!("{err:#}");
+        tracing::error!(error = %message, retry_in_secs = delay.as_secs(), "store error; the daemon keeps running and retries");
+        self.status.send_modify(|status| {
+            status.store_error = Some(message);
+            status.store_errors += 1;
+        });
+    }
+
+    /// A store step succeeded: a reported store error is over.
+    fn store_recovered(&mut self) {
+        if self.status.borrow().store_error.is_some() {
+            tracing::info!("store steps succeed again");
+            self.status.send_modify(|status| status.store_error = None);
         }
-        Ok(())
+        self.store_backoff = Backoff::default();
     }
 
     fn request_ingest(&mut self, finalize: bool) {
@@ -382,7 +354,6 @@ impl Daemon {
         if std::mem::take(&mut self.ingest_again) {
             self.request_ingest(false);
         }
-        let mut status = self.shared.status_mut();
         match report {
             Ok(report) => {
                 if report.episodes_new > 0 || report.rejects_total() > 0 {
@@ -396,242 +367,285 @@ impl Daemon {
                 for problem in report.file_errors.iter().chain(&report.skipped) {
                     tracing::debug!(path = %problem.path.display(), why = %problem.error, "trace path not read");
                 }
-                status.ingest.add(&report, now_unix_ms());
+                self.status
+                    .send_modify(|status| status.ingest.add(&report, now_unix_ms()));
                 Some(report)
             }
             Err(err) => {
                 tracing::error!(error = %err, "ingestion pass failed; retrying at the next one");
-                status.ingest.last_error = Some(err);
+                self.status
+                    .send_modify(|status| status.ingest.last_error = Some(err));
                 None
             }
         }
     }
 
     /// Starts every round whose trigger fired and that is not already running
-    /// or waiting for a retry.
-    async fn start_due_rounds(&mut self) -> anyhow::Result<()> {
+    /// or waiting for a retry; an APO round first probes the endpoint (the
+    /// answer comes back as [`Event::EndpointProbed`]).
+    async fn start_due_rounds(&mut self) {
+        if !self.store_backoff.ready() {
+            return;
+        }
         for kind in [RoundKind::Rl, RoundKind::Apo] {
             if self.running.contains_key(&kind)
+                || (kind == RoundKind::Apo && self.probing)
                 || self.backoff.get(&kind).is_some_and(|b| !b.ready())
             {
                 continue;
             }
-            let Some(due) = triggers::due(kind, &self.config, &self.store, self.started.elapsed())?
-            else {
+            let config = self.config.clone();
+            let uptime = self.started.elapsed();
+            let due = match self
+                .store(move |db| triggers::due(kind, &config, &db.store, uptime))
+                .await
+            {
+                Ok(due) => due,
+                Err(err) => return self.store_failed(err),
+            };
+            self.store_recovered();
+            let Some(due) = due else {
                 continue;
             };
-            if kind == RoundKind::Apo {
-                let unreachable = triggers::endpoint_unreachable(&self.config.llm).await;
-                if let Some(why) = &unreachable {
-                    let mut status = self.shared.status_mut();
-                    if status.apo_disabled.as_ref() != Some(why) {
-                        tracing::warn!("APO round not started: {why}");
-                    }
-                    status.apo_disabled = unreachable;
-                    self.backoff.entry(kind).or_default().failed(&self.config);
-                    continue;
-                }
-                self.shared.status_mut().apo_disabled = None;
+            match kind {
+                RoundKind::Rl => self.launch_new(kind, &due.reason).await,
+                RoundKind::Apo => self.probe_endpoint(due),
             }
-            let Due { reason } = due;
-            self.launch_new(kind, &reason)?;
         }
-        Ok(())
+    }
+
+    /// Probes the LLM endpoint on a task of its own (up to 3 s), so the loop
+    /// goes on meanwhile.
+    fn probe_endpoint(&mut self, due: Due) {
+        self.probing = true;
+        let llm = self.config.llm.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let unreachable = triggers::endpoint_unreachable(&llm).await;
+            let _ = events
+                .send(Event::EndpointProbed { due, unreachable })
+                .await;
+        });
+    }
+
+    async fn endpoint_probed(&mut self, due: Due, unreachable: Option<String>) {
+        if let Some(why) = &unreachable {
+            if self.status.borrow().apo_disabled.as_ref() != Some(why) {
+                tracing::warn!("APO round not started: {why}");
+            }
+            self.status
+                .send_modify(|status| status.apo_disabled = unreachable);
+            self.backoff
+                .entry(RoundKind::Apo)
+                .or_default()
+                .failed(&self.config);
+            return;
+        }
+        self.status.send_modify(|status| status.apo_disabled = None);
+        if !self.running.contains_key(&RoundKind::Apo) {
+            self.launch_new(RoundKind::Apo, &due.reason).await;
+        }
     }
 
     fn round_dir(&self, id: i64, kind: RoundKind) -> PathBuf {
-        self.config
-            .output_dir()
-            .join("rounds")
-            .join(format!("{id}-{}", kind.as_str()))
+        round_dir(&self.config, id, kind)
     }
 
-    /// Records a new round over everything stored now, and starts it.
-    fn launch_new(&mut self, kind: RoundKind, trigger: &str) -> anyhow::Result<()> {
-        let upto_episode_id = self.store.max_episode_id()?;
+    /// Records a new round over everything stored now, and starts it; a
+    /// store error is reported and retried.
+    async fn launch_new(&mut self, kind: RoundKind, trigger: &str) {
+        match self.record_new_round(kind, trigger).await {
+            Ok(job) => {
+                self.store_recovered();
+                tracing::info!(round = job.id, kind = kind.as_str(), %trigger, "round started");
+                self.launch(job);
+            }
+            Err(err) => self.store_failed(err),
+        }
+    }
+
+    async fn record_new_round(&self, kind: RoundKind, trigger: &str) -> anyhow::Result<RoundJob> {
         let settings = serde_json::to_string(&self.config)?;
         let subject = kind.subject(&self.config);
-        // The id names the folder, so the row is written first.
-        let id = self.store.start_round(&NewRound {
-            kind: kind.as_str(),
-            subject: &subject,
-            trigger,
-            upto_episode_id,
-            settings: &settings,
-            output_dir: "",
-        })?;
-        let output_dir = self.round_dir(id, kind);
-        self.store
-            .set_round_output_dir(id, &output_dir.to_string_lossy())?;
-        tracing::info!(round = id, kind = kind.as_str(), %trigger, "round started");
-        self.launch(RoundJob {
+        let trigger = trigger.to_string();
+        let config = self.config.clone();
+        let (id, upto_episode_id, output_dir) = self
+            .store(move |db| {
+                let upto_episode_id = db.store.max_episode_id()?;
+                // The id names the folder, so the row is written first.
+                let id = db.store.start_round(&NewRound {
+                    kind: kind.as_str(),
+                    subject: &subject,
+                    trigger: &trigger,
+                    upto_episode_id,
+                    settings: &settings,
+                    output_dir: "",
+                })?;
+                let output_dir = round_dir(&config, id, kind);
+                db.store
+                    .set_round_output_dir(id, &output_dir.to_string_lossy())?;
+                Ok((id, upto_episode_id, output_dir))
+            })
+            .await?;
+        Ok(RoundJob {
             id,
             kind,
             upto_episode_id,
             config: self.config.clone(),
             output_dir,
-        });
-        Ok(())
+        })
     }
 
-    /// Runs `job` on a blocking thread; its end arrives as an event.
+    /// Runs `job` on a blocking thread; its progress and end arrive as
+    /// events.
     fn launch(&mut self, job: RoundJob) {
         self.running.insert(job.kind, job.id);
-        self.shared.status_mut().running.insert(
-            job.kind.as_str().to_string(),
-            status::RunningRound {
-                id: job.id,
-                subject: job.kind.subject(&job.config),
-                started_at_unix_ms: now_unix_ms(),
-                progress: "starting".into(),
-            },
-        );
+        let round = RunningRound {
+            id: job.id,
+            subject: job.kind.subject(&job.config),
+            started_at_unix_ms: now_unix_ms(),
+            progress: "starting".into(),
+        };
+        self.status.send_modify(|status| {
+            status.running.insert(job.kind.as_str().to_string(), round);
+        });
         let latest = self.config.output_dir().join("latest");
         let events = self.events_tx.clone();
-        let shared = Arc::clone(&self.shared);
         let cancel = self.cancel.subscribe();
         let plugins = self.plugins.current();
         tokio::task::spawn_blocking(move || {
-            let kind_name = job.kind.as_str();
-            let _span = tracing::info_span!("round", id = job.id, kind = kind_name).entered();
+            let kind = job.kind;
+            let _span = tracing::info_span!("round", id = job.id, kind = kind.as_str()).entered();
+            // Progress is a latest-value report: one lost to a full queue
+            // is replaced by the next.
             let progress = |message: String| {
-                if let Some(round) = shared.status_mut().running.get_mut(kind_name) {
-                    round.progress = message;
-                }
+                let _ = events.try_send(Event::RoundProgress { kind, message });
             };
             let result = rounds::run_round(&job, &plugins, &latest, cancel, &progress)
                 .map_err(|err| format!("{err:#}"));
             let _ = events.blocking_send(Event::RoundEnded {
-                kind: job.kind,
+                kind,
                 id: job.id,
                 result,
             });
         });
     }
 
-    fn round_ended(
-        &mut self,
-        kind: RoundKind,
-        id: i64,
-        result: Result<RoundResult, String>,
-    ) -> anyhow::Result<()> {
+    async fn round_ended(&mut self, kind: RoundKind, id: i64, result: Result<RoundResult, String>) {
         self.running.remove(&kind);
-        let mut status = self.shared.status_mut();
-        status.running.remove(kind.as_str());
+        self.status.send_modify(|status| {
+            status.running.remove(kind.as_str());
+        });
         match result {
             Ok(result) => {
                 tracing::info!(round = id, kind = kind.as_str(), "{}", result.headline);
-                self.store.finish_round(id, Ok(&result.summary))?;
-                *status
-                    .rounds_succeeded
-                    .entry(kind.as_str().into())
-                    .or_default() += 1;
-                status.llm_calls += result.llm_calls;
-                status.llm_tokens += result.llm_tokens;
-                if result.policy_version.is_some() {
-                    status.policy_version = result.policy_version;
+                self.record_outcome(id, Ok(result.summary.clone())).await;
+                self.status.send_modify(|status| {
+                    *status
+                        .rounds_succeeded
+                        .entry(kind.as_str().into())
+                        .or_default() += 1;
+                    status.llm_calls += result.llm_calls;
+                    status.llm_tokens += result.llm_tokens;
+                    if result.policy_version.is_some() {
+                        status.policy_version = result.policy_version;
+                    }
+                    status.retry_at_unix_ms.remove(kind.as_str());
+                });
+                if let Some(winner) = result.winner {
+                    self.register_winner(winner, id).await;
                 }
-                drop(status);
-                if let Some(candidate) = &result.candidate {
-                    self.register_candidate(candidate, id);
-                }
-                let mut status = self.shared.status_mut();
-                status.retry_at_unix_ms.remove(kind.as_str());
                 self.backoff.remove(&kind);
             }
             Err(err) => {
                 if *self.cancel.borrow() {
                     // Interrupted by shutdown: stays `running`, resumed at
                     // the next start.
-                    return Ok(());
+                    return;
                 }
                 let backoff = self.backoff.entry(kind).or_default();
                 let delay = backoff.failed(&self.config);
                 tracing::error!(round = id, kind = kind.as_str(), error = %err, retry_in_secs = delay.as_secs(), "round failed");
-                self.store.finish_round(id, Err(&err))?;
-                *status
-                    .rounds_failed
-                    .entry(kind.as_str().into())
-                    .or_default() += 1;
-                status.retry_at_unix_ms.insert(
-                    kind.as_str().into(),
-                    now_unix_ms() + delay.as_millis() as i64,
-                );
+                self.record_outcome(id, Err(err)).await;
+                self.status.send_modify(|status| {
+                    *status
+                        .rounds_failed
+                        .entry(kind.as_str().into())
+                        .or_default() += 1;
+                    status.retry_at_unix_ms.insert(
+                        kind.as_str().into(),
+                        now_unix_ms() + delay.as_millis() as i64,
+                    );
+                });
             }
-        }
-        Ok(())
-    }
-
-    /// Registers an APO round's winner as a `candidate` version of its
-    /// prompt (the baseline too, if the prompt has no version yet), and with
-    /// `registry.auto_rollout` starts a staged rollout of it. Registry
-    /// trouble is logged, never fatal to the round.
-    fn register_candidate(&mut self, candidate: &Candidate, round_id: i64) {
-        if let Err(err) = self.try_register_candidate(candidate, round_id) {
-            tracing::error!(error = %format!("{err:#}"), prompt = %candidate.prompt, "cannot register the APO winner");
         }
     }
 
-    fn try_register_candidate(
-        &mut self,
-        candidate: &Candidate,
-        round_id: i64,
-    ) -> anyhow::Result<()> {
-        let prompt = &candidate.prompt;
-        if candidate.text == candidate.baseline_text
-            || candidate.optimized_reward <= candidate.baseline_reward
-        {
-            tracing::info!(%prompt, "APO kept the baseline; nothing to register");
-            return Ok(());
-        }
-        let baseline = self.registry.register_prompt(
-            None,
-            prompt,
-            &candidate.baseline_text,
-            Lineage {
-                operator: Some("baseline".into()),
-                ..Lineage::default()
-            },
-        )?;
-        let control = self
-            .registry
-            .labelled(prompt, registry::PRODUCTION)?
-            .unwrap_or(baseline.version);
-        let scores = serde_json::json!({
-            "baseline_reward": candidate.baseline_reward,
-            "optimized_reward": candidate.optimized_reward,
-        });
-        let version = self.registry.register_prompt(
-            None,
-            prompt,
-            &candidate.text,
-            Lineage {
-                parent_version: Some(control.clone()),
-                operator: Some(candidate.operator.clone()),
-                round_id: Some(round_id),
-                scores: Some(scores.to_string()),
-            },
-        )?;
-        self.registry
-            .set_label(prompt, registry::CANDIDATE, &version.version, "APO winner")?;
-        tracing::info!(%prompt, version = %version.version, "APO winner registered as candidate");
-        if self.config.registry.auto_rollout && version.version != control {
-            if self.registry.store().running_ab_test(prompt)?.is_some() {
-                tracing::info!(%prompt, "a test is running; the candidate waits");
-            } else {
-                let id = self
-                    .registry
-                    .start_rollout(prompt, &control, &version.version)?;
-                tracing::info!(%prompt, test = id, control = %control, treatment = %version.version, "staged rollout started");
+    /// Stores a round's outcome; when the store fails, the outcome waits in
+    /// `unrecorded` for the next poll (the row stays `running` meanwhile).
+    async fn record_outcome(&mut self, id: i64, outcome: Result<String, String>) {
+        let stored = outcome.clone();
+        let res = self
+            .store(move |db| {
+                db.store
+                    .finish_round(id, stored.as_deref().map_err(String::as_str))
+            })
+            .await;
+        match res {
+            Ok(()) => self.store_recovered(),
+            Err(err) => {
+                self.store_failed(err);
+                self.unrecorded.push((id, outcome));
             }
         }
-        Ok(())
+    }
+
+    async fn record_unrecorded(&mut self) {
+        if !self.store_backoff.ready() {
+            return;
+        }
+        for (id, outcome) in std::mem::take(&mut self.unrecorded) {
+            self.record_outcome(id, outcome).await;
+        }
+    }
+
+    /// Registers an APO round's winner in the registry (see
+    /// [`PromptRegistry::register_winner`]). Registry trouble is logged,
+    /// never fatal to the round.
+    async fn register_winner(&mut self, winner: crate::registry::Winner, round_id: i64) {
+        let prompt = winner.prompt.clone();
+        let res = self
+            .db
+            .call(move |db| db.registry.register_winner(&winner, round_id))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|res| res);
+        if let Err(err) = res {
+            tracing::error!(error = %format!("{err:#}"), %prompt, "cannot register the APO winner");
+        }
+    }
+
+    /// Lets every running A/B test act on what was just ingested.
+    async fn step_tests(&mut self) {
+        if !self.store_backoff.ready() {
+            return;
+        }
+        let res = self
+            .db
+            .call(|db| db.registry.step_running_tests())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|res| res);
+        match res {
+            Ok(()) => self.store_recovered(),
+            Err(err) => self.store_failed(err.context("stepping the running A/B tests")),
+        }
     }
 
     /// Reloads `[plugins] dir` on a blocking thread (compiling a changed
     /// plugin takes a while): changed files load anew, a failed load keeps
-    /// the previous version, a removed file unloads. The outcome goes to
-    /// the status and the log.
+    /// the previous version, a removed file unloads. The outcome comes back
+    /// as [`Event::PluginsReloaded`].
     fn reload_plugins(&mut self) {
         if self.plugins_reloading {
             return;
@@ -640,66 +654,52 @@ impl Daemon {
         let reload = self.plugin_reload();
         let events = self.events_tx.clone();
         tokio::task::spawn_blocking(move || {
-            reload();
-            let _ = events.blocking_send(Event::PluginsReloaded);
+            let _ = events.blocking_send(Event::PluginsReloaded(reload()));
         });
     }
 
-    /// A reload of the plugin set that reports into the status when run.
-    fn plugin_reload(&self) -> impl FnOnce() + Send + 'static {
+    /// A reload of the plugin set, to run on a blocking thread.
+    fn plugin_reload(&self) -> impl FnOnce() -> PluginsLoaded + Send + 'static {
         let plugins = Arc::clone(&self.plugins);
-        let shared = Arc::clone(&self.shared);
         let dir = self.config.plugins.dir.clone();
         move || {
             // The set logs what it loaded, unloaded and failed to load.
             let report = plugins.reload();
-            let mut status = shared.status_mut();
-            status.plugins = plugins
-                .plugins()
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} ({}, whetstone:plugin@{})",
-                        p.name,
-                        p.world.as_str(),
-                        p.version.as_str()
-                    )
-                })
-                .collect();
-            status.plugin_errors = report
-                .failed
-                .iter()
-                .map(ToString::to_string)
-                // No folder means no plugins, not a problem.
-                .chain(report.dir_error.filter(|_| dir.exists()))
-                .collect();
-        }
-    }
-
-    /// Lets every running A/B test act on what was just ingested.
-    fn step_tests(&mut self) {
-        let tests = match self.registry.store().running_ab_tests() {
-            Ok(tests) => tests,
-            Err(err) => return tracing::error!(error = %err, "cannot read the running A/B tests"),
-        };
-        for test in tests {
-            match self.registry.step(&test.prompt) {
-                Ok(Some(Decision::Wait(_)) | None) => {}
-                Ok(Some(decision)) => {
-                    tracing::info!(prompt = %test.prompt, test = test.id, ?decision, "A/B test");
-                }
-                Err(err) => {
-                    tracing::error!(prompt = %test.prompt, error = %format!("{err:#}"), "A/B test step failed");
-                }
+            PluginsLoaded {
+                plugins: plugins
+                    .plugins()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} ({}, whetstone:plugin@{})",
+                            p.name,
+                            p.world.as_str(),
+                            p.version.as_str()
+                        )
+                    })
+                    .collect(),
+                errors: report
+                    .failed
+                    .iter()
+                    .map(ToString::to_string)
+                    // No folder means no plugins, not a problem.
+                    .chain(report.dir_error.filter(|_| dir.exists()))
+                    .collect(),
             }
         }
     }
 
-    fn reload_config(&mut self) {
+    fn plugins_loaded(&mut self, loaded: PluginsLoaded) {
+        self.status.send_modify(|status| {
+            status.plugins = loaded.plugins;
+            status.plugin_errors = loaded.errors;
+        });
+    }
+
+    async fn reload_config(&mut self) {
         let Some(file) = self.options.config_file.clone() else {
             return;
         };
-        let mut status = self.shared.status_mut();
         match reload(&file, &self.config) {
             Reload::Unchanged => {}
             Reload::Applied {
@@ -710,23 +710,31 @@ impl Daemon {
                 if !restart_required.is_empty() {
                     tracing::warn!(keys = ?restart_required, "these changes need a restart; their old values stay in force");
                 }
-                status.config_reloads += 1;
-                status.config_errors.clear();
-                status.restart_required = restart_required;
+                self.status.send_modify(|status| {
+                    status.config_reloads += 1;
+                    status.config_errors.clear();
+                    status.restart_required = restart_required;
+                });
                 self.config = *config;
-                drop(status);
-                self.shared.set_config(&self.config);
-                self.registry.set_config(self.config.registry.clone());
+                self.api.set_config(&self.config).await;
+                let registry = self.config.registry.clone();
+                // Fails only when the store thread is gone.
+                let _ = self
+                    .db
+                    .call(move |db| db.registry.set_config(registry))
+                    .await;
             }
             // One save often sends several events: the same refusal is
             // reported once.
-            Reload::Refused(problems) if problems == status.config_errors => {}
+            Reload::Refused(problems) if problems == self.status.borrow().config_errors => {}
             Reload::Refused(problems) => {
                 for problem in &problems {
                     tracing::error!("configuration edit refused, the running one stays: {problem}");
                 }
-                status.config_reload_errors += 1;
-                status.config_errors = problems;
+                self.status.send_modify(|status| {
+                    status.config_reload_errors += 1;
+                    status.config_errors = problems;
+                });
             }
         }
     }
@@ -745,7 +753,7 @@ impl Daemon {
         while !self.running.is_empty() || self.ingest_busy {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::RoundEnded { kind, id, result })) => {
-                    self.round_ended(kind, id, result)?;
+                    self.round_ended(kind, id, result).await;
                 }
                 Ok(Some(Event::Ingested(report))) => {
                     self.ingest_again = false;
@@ -758,6 +766,73 @@ impl Daemon {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Where round `id` of `kind` writes its outputs.
+fn round_dir(config: &Config, id: i64, kind: RoundKind) -> PathBuf {
+    config
+        .output_dir()
+        .join("rounds")
+        .join(format!("{id}-{}", kind.as_str()))
+}
+
+/// The thread that owns the ingestion store connection and runs one pass per
+/// job, reporting each as [`Event::Ingested`].
+fn spawn_ingest_thread(
+    config: &Config,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<std::sync::mpsc::Sender<IngestOptions>> {
+    let (ingest_jobs, ingest_rx) = std::sync::mpsc::channel::<IngestOptions>();
+    let mut ingest_store = Store::open(&config.data_dir)?;
+    let traces_dir = config.traces.dir.clone();
+    std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || {
+            for options in ingest_rx {
+                let report = ingest::ingest_paths(
+                    &mut ingest_store,
+                    std::slice::from_ref(&traces_dir),
+                    &options,
+                    &mut |_| {},
+                )
+                .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
+                if events.blocking_send(Event::Ingested(report)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(ingest_jobs)
+}
+
+/// Filesystem events of the trace folder, the config file and the plugins
+/// folder, forwarded as [`Event::Change`]; `None` (and a warning) where the
+/// platform gives none, leaving the poll timer.
+fn spawn_watcher(
+    config: &Config,
+    options: &DaemonOptions,
+    events: mpsc::Sender<Event>,
+) -> Option<notify::RecommendedWatcher> {
+    let (change_tx, mut change_rx) = mpsc::channel(16);
+    let watcher = match watcher::watch(
+        &config.traces.dir,
+        options.config_file.as_deref(),
+        Some(&config.plugins.dir),
+        change_tx,
+    ) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            tracing::warn!(error = %err, "no filesystem events; polling every {}s", config.daemon.poll_interval_secs);
+            return None;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(change) = change_rx.recv().await {
+            if events.send(Event::Change(change)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Some(watcher)
 }
 
 /// Rounds a crash left marked running, as jobs with the settings they

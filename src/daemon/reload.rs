@@ -40,6 +40,10 @@ pub fn reload(file: &Path, running: &Config) -> Reload {
         restart_required.push("traces.dir".to_string());
         edited.traces.dir = running.traces.dir.clone();
     }
+    if edited.daemon.store_busy_timeout_secs != running.daemon.store_busy_timeout_secs {
+        restart_required.push("daemon.store_busy_timeout_secs".to_string());
+        edited.daemon.store_busy_timeout_secs = running.daemon.store_busy_timeout_secs;
+    }
     if edited.api != running.api {
         restart_required.push("api".to_string());
         edited.api = running.api.clone();

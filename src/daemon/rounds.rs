@@ -19,6 +19,7 @@ use crate::apo::{self, ProgressEvent};
 use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::plugin::Plugins;
+use crate::registry::Winner;
 use crate::rl;
 use crate::store::{self, EpisodeFilter, Store};
 use crate::trace::Episode;
@@ -82,19 +83,7 @@ pub struct RoundResult {
     pub llm_tokens: u64,
     pub policy_version: Option<u64>,
     /// What an APO round found, for the prompt registry.
-    pub candidate: Option<Candidate>,
-}
-
-/// An APO round's winner and the baseline it was measured against.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub prompt: String,
-    pub baseline_text: String,
-    pub text: String,
-    /// The operator that made the winner.
-    pub operator: String,
-    pub baseline_reward: f64,
-    pub optimized_reward: f64,
+    pub winner: Option<Winner>,
 }
 
 /// Runs `job` to its end (or until `cancel` turns true, for APO) with
@@ -169,8 +158,8 @@ fn run_apo(
     // A winner is only worth registering when its gain was measured.
     let variant = |id: &str| summary.all_variants.iter().find(|v| v.id == id);
     let measured = summary.baseline_reward.zip(summary.optimized_reward);
-    let candidate = variant(&summary.best_variant_id).zip(measured).map(
-        |(best, (baseline_reward, optimized_reward))| Candidate {
+    let winner = variant(&summary.best_variant_id).zip(measured).map(
+        |(best, (baseline_reward, optimized_reward))| Winner {
             prompt: summary.target_prompt.clone(),
             baseline_text: summary
                 .all_variants
@@ -196,7 +185,7 @@ fn run_apo(
         summary.best_prompt.lines().next().unwrap_or_default()
     )];
     Ok(RoundResult {
-        candidate,
+        winner,
         details,
         headline: format!(
             "APO on `{}`: {rewards}, {} LLM calls, stopped: {}; {}",
@@ -289,7 +278,7 @@ fn run_rl(
         llm_calls: 0,
         llm_tokens: 0,
         policy_version: Some(report.promotion.policy_version),
-        candidate: None,
+        winner: None,
         summary: serde_json::to_string(&report)?,
     })
 }

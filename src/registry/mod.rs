@@ -14,6 +14,7 @@
 //! `stop_ab_test`, plus `start_rollout` and `rollback`.
 
 mod assign;
+mod automation;
 mod config;
 pub mod stats;
 
@@ -25,6 +26,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 pub use assign::{bucket, is_treatment};
+pub use automation::Winner;
 pub use config::{Guardrail, RegistryConfig, TOOL_ERROR_RATE};
 pub use stats::{Comparison, Summary, compare};
 
@@ -152,11 +154,16 @@ pub struct PromptRegistry {
 impl PromptRegistry {
     /// The registry in `data_dir`'s store, acting as `actor` in the audit log.
     pub fn open(data_dir: &Path, config: RegistryConfig, actor: &str) -> anyhow::Result<Self> {
-        Ok(PromptRegistry {
-            store: Store::open(data_dir)?,
+        Ok(PromptRegistry::new(Store::open(data_dir)?, config, actor))
+    }
+
+    /// The registry over an open `store` connection.
+    pub fn new(store: Store, config: RegistryConfig, actor: &str) -> Self {
+        PromptRegistry {
+            store,
             config,
             actor: actor.to_string(),
-        })
+        }
     }
 
     /// The store underneath, for reads the registry does not wrap.

@@ -37,8 +37,9 @@ pub use stats::{
 pub const DB_FILE_NAME: &str = "whetstone.db";
 
 /// How long a writer waits for another process holding the write lock (the
-/// daemon and a CLI import may share the database) before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// daemon and a CLI import may share the database) before failing, unless
+/// the opener says otherwise ([`Store::open_with_busy_timeout`]).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,15 @@ impl Store {
     /// corrupted; for ingestion that only means the affected lines are read
     /// again from the older cursor, and dedup keeps that exactly-once.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_busy_timeout(data_dir, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`], waiting at most `busy_timeout` for another
+    /// connection's lock before a statement fails with "database is locked".
+    pub fn open_with_busy_timeout(
+        data_dir: &Path,
+        busy_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
             path: data_dir.to_path_buf(),
             source,
@@ -116,7 +126,7 @@ impl Store {
             source,
         })?;
         let configure = || -> rusqlite::Result<()> {
-            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.busy_timeout(busy_timeout)?;
             // Episode rows are a few KB: with 16 KiB pages (for a new
             // database; an existing one keeps its size) several share a
             // page instead of each taking most of a 4 KiB one.

@@ -580,3 +580,82 @@ async fn daemon_rolls_out_an_apo_winner_stage_by_stage_and_rolls_back_a_breach()
         "2"
     );
 }
+
+/// Issue 18: a store error in one of the daemon's own steps (here another
+/// process holding the database's write lock for longer than
+/// `daemon.store_busy_timeout_secs` when a PPO update is due) used to end
+/// the daemon through `?`. It must keep running, report the error in
+/// `/v1/status`, and start the round once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_process_is_reported_and_the_daemon_keeps_running() {
+    let setup = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        port: free_port(),
+        // No APO round runs here: no endpoint is needed.
+        base_url: "http://127.0.0.1:9/v1".into(),
+    };
+    fs::create_dir(setup.traces()).unwrap();
+    let config = |rl_min_new_decisions: u64| {
+        setup
+            .config(Some(1), "")
+            .replace(
+                "rl_min_new_decisions = 20",
+                &format!(
+                    "rl_min_new_decisions = {rl_min_new_decisions}\nstore_busy_timeout_secs = 1"
+                ),
+            )
+            .replace(
+                "apo_min_new_episodes = 12",
+                "apo_min_new_episodes = 0\napo_interval_secs = 0",
+            )
+    };
+    setup.write_config(&config(0));
+    let mut daemon = setup.start();
+    let tools = setup.traces().join("tools.jsonl");
+    for idx in 0..12 {
+        append(&tools, &tool_line(idx));
+    }
+    setup
+        .wait_for("/v1/status", 30, |s| s["ingest"]["episodes_new"] == 12)
+        .await;
+
+    // Another process (this test) takes the write lock and keeps it.
+    let db = rusqlite::Connection::open(setup.dir.path().join("data/whetstone.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    setup.write_config(&config(1));
+    let status = setup
+        .wait_for("/v1/status", 30, |s| s["store_error"].is_string())
+        .await;
+    assert!(
+        status["store_error"]
+            .as_str()
+            .unwrap()
+            .contains("database is locked"),
+        "{status:#}"
+    );
+    // Still running and serving after several retries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
+    let status = setup.get("/v1/status").await.expect("the API answers");
+    assert!(status["store_errors"].as_u64() >= Some(2), "{status:#}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", setup.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("whetstone_store_errors_total"),
+        "{metrics}"
+    );
+
+    // The lock goes: the update starts and the error clears.
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    setup
+        .wait_for("/v1/rounds", 60, |r| succeeded(r, "rl") >= 1)
+        .await;
+    setup
+        .wait_for("/v1/status", 10, |s| s["store_error"].is_null())
+        .await;
+}

@@ -1,8 +1,11 @@
-//! What the daemon is doing, shared with the HTTP API: ingestion counters,
-//! rounds, budget spent, configuration problems.
+//! What the daemon is doing, as `/v1/status` and `/metrics` show it:
+//! ingestion counters, rounds, budget spent, configuration and store
+//! problems.
 //!
-//! One `Mutex<Status>` that the daemon's parts update and the API copies
-//! out; it is never held across an `.await`.
+//! The daemon's loop is its only writer and publishes it through a
+//! `tokio::sync::watch` channel; the API only reads the latest value. The
+//! type lives here, at the HTTP boundary, so `daemon` depends on `api` and
+//! not the other way round.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +43,12 @@ pub struct Status {
     pub policy_version: Option<u64>,
     /// Why APO does not run, when it does not (e.g. no reachable endpoint).
     pub apo_disabled: Option<String>,
+    /// The last store error of the daemon's own steps (starting or finishing
+    /// a round, stepping A/B tests), while it lasts; the step is retried
+    /// with backoff and the daemon keeps running.
+    pub store_error: Option<String>,
+    /// Store errors of the daemon's own steps since start.
+    pub store_errors: u64,
     /// Plugins loaded from `[plugins] dir`, as `name (world, WIT version)`.
     pub plugins: Vec<String>,
     /// Why plugins failed to load at the last reload (a previous version,
@@ -186,6 +195,12 @@ impl Status {
             "counter",
             "LLM tokens (in and out) spent by APO rounds since start.",
             one(self.llm_tokens),
+        );
+        metric(
+            "whetstone_store_errors_total",
+            "counter",
+            "Store errors of the daemon's own steps (each retried with backoff).",
+            one(self.store_errors),
         );
         metric(
             "whetstone_config_reload_errors_total",
