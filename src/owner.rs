@@ -37,7 +37,7 @@ impl<T> Clone for Owner<T> {
 #[error("the thread owning {0} stopped or panicked")]
 pub struct OwnerGone(&'static str);
 
-impl<T: 'static> Owner<T> {
+impl<T: Send + 'static> Owner<T> {
     /// Starts a thread named `name` that owns `value`.
     pub fn spawn(name: &'static str, mut value: T) -> std::io::Result<Owner<T>> {
         let (jobs, receiver) = std::sync::mpsc::channel::<Job<T>>();

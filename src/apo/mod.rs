@@ -23,14 +23,15 @@ pub use bandit::{ArmStats, Bandit};
 pub use budget::{Budget, CallError};
 pub use config::{ApoConfig, BudgetConfig, OPERATOR_NAMES, ScorerConfig};
 pub use dataset::{Dataset, DatasetSpec, Example};
-pub use engine::{
-    ApoSummary, GenerationReport, OperatorReport, ProgressEvent, Variant, VariantStatus, run,
-};
+pub use engine::run;
 pub use evaluate::{
     EvalStats, Evaluator, ExampleScore, Scorer, Scores, evaluate_all, exact_match, mean, token_f1,
 };
 pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
 pub use operators::{MetaPrompt, MetaPrompts, Rewrite, Rewriter, extract_prompt};
+pub use output::{
+    ApoSummary, GenerationReport, OperatorReport, ProgressEvent, Variant, VariantStatus,
+};
 pub use plugins::{OPERATOR_PREFIX, PluginScorer};
 pub use select::{Paired, ScoreMap, dominates, frontier};

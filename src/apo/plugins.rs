@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::dataset::Example;
-use super::engine::Variant;
+use super::output::Variant;
 use crate::plugin::{self, ErrorKind, MutationContext, Plugin, PluginError, Plugins, World};
 use crate::trace::{Episode, LlmCall, Message, PromptRef, Source, Step};
 
