@@ -12,5 +12,6 @@ pub mod plugin;
 pub mod registry;
 pub mod rl;
 pub mod rng;
+pub mod section;
 pub mod store;
 pub mod trace;

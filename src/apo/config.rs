@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::operators::MetaPrompt;
 use super::plugins::OPERATOR_PREFIX;
-use crate::config::{Checker, Invalid};
+use crate::section::{Checker, Invalid, Section};
 
 /// Settings for one APO run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +329,16 @@ fn read_named(check: &mut Checker, key: &str, path: &Path) -> Option<String> {
             check.fail(key, format!("cannot read {}: {err}", path.display()));
             None
         }
+    }
+}
+
+impl Section for ApoConfig {
+    fn check(&self, check: &mut Checker) {
+        ApoConfig::check(self, check);
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        ApoConfig::resolve_paths(self, base);
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Checker;
+use crate::section::{Checker, Section};
 
 /// Triggers, schedule and outputs of `whetstone daemon`. Defaults are
 /// documented in `config.toml`.
@@ -59,7 +59,7 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
-    pub(super) fn validate(&self, check: &mut Checker) {
+    pub(crate) fn validate(&self, check: &mut Checker) {
         if let Some(dir) = &self.output_dir {
             check.not_empty_path("output_dir", dir);
         }
@@ -73,7 +73,7 @@ impl DaemonConfig {
         );
     }
 
-    pub(super) fn resolve_paths(&mut self, base: &Path) {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         if let Some(dir) = &mut self.output_dir {
             *dir = base.join(&*dir);
         }
@@ -105,7 +105,7 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    pub(super) fn validate(&self, check: &mut Checker) {
+    pub(crate) fn validate(&self, check: &mut Checker) {
         if let Err(err) = self.listen.parse::<SocketAddr>() {
             check.fail(
                 "listen",
@@ -120,5 +120,32 @@ impl ApiConfig {
             self.max_body_bytes,
             1024..=64 * 1024 * 1024,
         );
+    }
+}
+
+impl Section for DaemonConfig {
+    /// The poll timer, the filesystem watcher and the store connections
+    /// are set up when the daemon starts.
+    const RESTART_ONLY: &'static [&'static str] = &[
+        "poll_interval_secs",
+        "watch_events",
+        "store_busy_timeout_secs",
+    ];
+
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        DaemonConfig::resolve_paths(self, base);
+    }
+}
+
+impl Section for ApiConfig {
+    /// The listener is bound when the daemon starts.
+    const RESTART_ONLY: &'static [&'static str] = &[""];
+
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
     }
 }

@@ -19,27 +19,29 @@
 //! the config file, or against the current directory when running on the
 //! embedded defaults; [`load`] returns them absolute.
 //!
-//! Adding a section means adding a field to [`Config`], a struct with
-//! `#[serde(default, deny_unknown_fields)]` and a `Default` impl, one line in
-//! [`Config::validate`], and its documented keys in `config.toml`.
+//! Each section is a struct beside the module that uses it, with
+//! `#[serde(default, deny_unknown_fields)]`, a `Default` impl and a
+//! [`Section`] impl (checks, paths, restart-only keys). Adding one means a
+//! field of [`Config`], one line each in [`Config::validate`],
+//! `resolve_paths` and [`Config::restart_only_keys`], and its documented
+//! keys in `config.toml`. `[daemon]` and `[api]` stay here: the daemon and
+//! the API take the whole `Config`, so their sections beside them would make
+//! an import circle.
 
 mod daemon;
 mod error;
-mod llm;
 mod locate;
-mod traces;
-mod validate;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::apo::ApoConfig;
+pub use crate::ingest::TracesConfig;
+pub use crate::llm::LlmConfig;
+pub use crate::section::{Checker, Invalid, Section};
 pub use daemon::{ApiConfig, DaemonConfig};
 pub use error::{ConfigError, Location, Problem};
-pub use llm::LlmConfig;
-pub use traces::TracesConfig;
-pub use validate::{Checker, Invalid};
 
 use crate::plugin::PluginsConfig;
 use crate::registry::RegistryConfig;
@@ -91,24 +93,50 @@ impl Config {
     pub fn validate(&self) -> Vec<Invalid> {
         let mut check = Checker::default();
         check.not_empty_path("data_dir", &self.data_dir);
-        check.section("traces", |check| self.traces.validate(check));
-        check.section("llm", |check| self.llm.validate(check));
-        check.section("rl", |check| self.rl.validate(check));
-        check.section("apo", |check| self.apo.check(check));
-        check.section("daemon", |check| self.daemon.validate(check));
-        check.section("api", |check| self.api.validate(check));
-        check.section("registry", |check| self.registry.validate(check));
-        check.section("plugins", |check| self.plugins.validate(check));
+        check.section("traces", |check| Section::check(&self.traces, check));
+        check.section("llm", |check| Section::check(&self.llm, check));
+        check.section("rl", |check| Section::check(&self.rl, check));
+        check.section("apo", |check| Section::check(&self.apo, check));
+        check.section("daemon", |check| Section::check(&self.daemon, check));
+        check.section("api", |check| Section::check(&self.api, check));
+        check.section("registry", |check| Section::check(&self.registry, check));
+        check.section("plugins", |check| Section::check(&self.plugins, check));
         check.finish()
     }
 
     /// Makes relative paths absolute by joining them onto `base`.
     fn resolve_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
-        self.traces.resolve_paths(base);
-        self.apo.resolve_paths(base);
-        self.plugins.resolve_paths(base);
-        self.daemon.resolve_paths(base);
+        Section::resolve_paths(&mut self.traces, base);
+        Section::resolve_paths(&mut self.llm, base);
+        Section::resolve_paths(&mut self.rl, base);
+        Section::resolve_paths(&mut self.apo, base);
+        Section::resolve_paths(&mut self.daemon, base);
+        Section::resolve_paths(&mut self.api, base);
+        Section::resolve_paths(&mut self.registry, base);
+        Section::resolve_paths(&mut self.plugins, base);
+    }
+
+    /// Every key a running daemon cannot apply (dotted paths; a section's
+    /// name stands for all its keys), from the sections' [`Section`]
+    /// contracts, `data_dir` first.
+    pub fn restart_only_keys() -> Vec<String> {
+        fn keys<S: Section>(section: &str, out: &mut Vec<String>) {
+            out.extend(S::RESTART_ONLY.iter().map(|key| match *key {
+                "" => section.to_string(),
+                key => format!("{section}.{key}"),
+            }));
+        }
+        let mut out = vec!["data_dir".to_string()];
+        keys::<TracesConfig>("traces", &mut out);
+        keys::<LlmConfig>("llm", &mut out);
+        keys::<RlConfig>("rl", &mut out);
+        keys::<ApoConfig>("apo", &mut out);
+        keys::<DaemonConfig>("daemon", &mut out);
+        keys::<ApiConfig>("api", &mut out);
+        keys::<RegistryConfig>("registry", &mut out);
+        keys::<PluginsConfig>("plugins", &mut out);
+        out
     }
 
     /// Where rounds write their outputs: `daemon.output_dir`, else

@@ -139,6 +139,8 @@ struct Daemon {
     backoff: BTreeMap<RoundKind, Backoff>,
     /// Retry timing of the loop's own store steps after a store error.
     store_backoff: Backoff,
+    /// The step whose store error is reported; its next success clears it.
+    failed_step: Option<&'static str>,
     /// Round outcomes the store could not record yet, retried on each poll.
     unrecorded: Vec<(i64, Result<String, String>)>,
     started: Instant,
@@ -204,6 +206,7 @@ impl Daemon {
             probing: false,
             backoff: BTreeMap::new(),
             store_backoff: Backoff::default(),
+            failed_step: None,
             unrecorded: Vec::new(),
             started: Instant::now(),
             cancel,
@@ -236,7 +239,7 @@ impl Daemon {
             let id = job.id;
             // Only counts the attempt: the round runs again either way.
             if let Err(err) = self.store(move |db| db.store.resume_round(id)).await {
-                self.store_failed(err);
+                self.store_failed("resuming a round", err);
             }
             self.launch(job);
         }
@@ -314,11 +317,12 @@ impl Daemon {
         Ok(self.db.call(f).await??)
     }
 
-    /// A step of the loop failed on the store: reported in the status, and
+    /// `step` of the loop failed on the store: reported in the status, and
     /// the loop's store steps pause for the backoff.
-    fn store_failed(&mut self, err: anyhow::Error) {
+    fn store_failed(&mut self, step: &'static str, err: anyhow::Error) {
         let delay = self.store_backoff.failed(&self.config);
-        let message = format!("{err:#}");
+        self.failed_step = Some(step);
+        let message = format!("{step}: {err:#}");
         tracing::error!(error = %message, retry_in_secs = delay.as_secs(), "store error; the daemon keeps running and retries");
         self.status.send_modify(|status| {
             status.store_error = Some(message);
@@ -326,12 +330,16 @@ impl Daemon {
         });
     }
 
-    /// A store step succeeded: a reported store error is over.
-    fn store_recovered(&mut self) {
-        if self.status.borrow().store_error.is_some() {
-            tracing::info!("store steps succeed again");
-            self.status.send_modify(|status| status.store_error = None);
+    /// `step` succeeded: the store error it reported is over. (Another
+    /// step's success proves nothing: reads go on while another process
+    /// holds the write lock.)
+    fn store_recovered(&mut self, step: &'static str) {
+        if self.failed_step != Some(step) {
+            return;
         }
+        tracing::info!(step, "store steps succeed again");
+        self.failed_step = None;
+        self.status.send_modify(|status| status.store_error = None);
         self.store_backoff = Backoff::default();
     }
 
@@ -396,19 +404,24 @@ impl Daemon {
             }
             let config = self.config.clone();
             let uptime = self.started.elapsed();
+            const STEP: &str = "checking whether a round is due";
             let due = match self
                 .store(move |db| triggers::due(kind, &config, &db.store, uptime))
                 .await
             {
                 Ok(due) => due,
-                Err(err) => return self.store_failed(err),
+                Err(err) => return self.store_failed(STEP, err),
             };
-            self.store_recovered();
+            self.store_recovered(STEP);
             let Some(due) = due else {
                 continue;
             };
             match kind {
-                RoundKind::Rl => self.launch_new(kind, &due.reason).await,
+                RoundKind::Rl => {
+                    if !self.launch_new(kind, &due.reason).await {
+                        return;
+                    }
+                }
                 RoundKind::Apo => self.probe_endpoint(due),
             }
         }
@@ -452,15 +465,21 @@ impl Daemon {
     }
 
     /// Records a new round over everything stored now, and starts it; a
-    /// store error is reported and retried.
-    async fn launch_new(&mut self, kind: RoundKind, trigger: &str) {
+    /// store error is reported (and retried by the caller after the
+    /// backoff). Whether it started.
+    async fn launch_new(&mut self, kind: RoundKind, trigger: &str) -> bool {
+        const STEP: &str = "starting a round";
         match self.record_new_round(kind, trigger).await {
             Ok(job) => {
-                self.store_recovered();
+                self.store_recovered(STEP);
                 tracing::info!(round = job.id, kind = kind.as_str(), %trigger, "round started");
                 self.launch(job);
+                true
             }
-            Err(err) => self.store_failed(err),
+            Err(err) => {
+                self.store_failed(STEP, err);
+                false
+            }
         }
     }
 
@@ -591,10 +610,11 @@ impl Daemon {
                     .finish_round(id, stored.as_deref().map_err(String::as_str))
             })
             .await;
+        const STEP: &str = "recording a round's outcome";
         match res {
-            Ok(()) => self.store_recovered(),
+            Ok(()) => self.store_recovered(STEP),
             Err(err) => {
-                self.store_failed(err);
+                self.store_failed(STEP, err);
                 self.unrecorded.push((id, outcome));
             }
         }
@@ -636,9 +656,10 @@ impl Daemon {
             .await
             .map_err(anyhow::Error::from)
             .and_then(|res| res);
+        const STEP: &str = "stepping the running A/B tests";
         match res {
-            Ok(()) => self.store_recovered(),
-            Err(err) => self.store_failed(err.context("stepping the running A/B tests")),
+            Ok(()) => self.store_recovered(STEP),
+            Err(err) => self.store_failed(STEP, err),
         }
     }
 

@@ -38,8 +38,8 @@ impl Daemon {
             let Some(kind) = next else {
                 break;
             };
-            self.launch_new(kind, "daemon --once").await;
-            if let Some(err) = self.status.borrow().store_error.clone() {
+            if !self.launch_new(kind, "daemon --once").await {
+                let err = self.status.borrow().store_error.clone().unwrap_or_default();
                 anyhow::bail!("cannot record the {} round: {err}", kind.as_str());
             }
         }

@@ -18,6 +18,7 @@
 //! `max_spans_per_trace` spans.
 
 mod batch;
+mod config;
 mod file;
 mod lines;
 mod pipeline;
@@ -28,9 +29,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use crate::config::TracesConfig;
 use crate::store::{FileCursor, FileIdentity, Store, StoreError, now_unix_ms};
 use crate::trace::{Diagnostic, Reason};
+pub use config::TracesConfig;
 
 pub use scan::{ScanReport, scan_paths};
 

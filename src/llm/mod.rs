@@ -21,6 +21,8 @@
 //! any kind in between), every call fails at once with an error naming the
 //! URL and the cause, instead of retrying each request with backoff.
 
+mod config;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -32,8 +34,8 @@ use async_openai::types::chat::{
 };
 use tokio::sync::Semaphore;
 
-use crate::config::LlmConfig;
 use crate::trace::{Message, TokenUsage};
+pub use config::LlmConfig;
 
 /// Connection failures in a row (across all requests) after which the
 /// endpoint is deemed unreachable and every further call fails at once.

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::host::{HostOptions, PluginHost};
 use super::limits::Limits;
 use super::set::PluginSet;
-use crate::config::Checker;
+use crate::section::{Checker, Section};
 
 /// Folder of the compile cache, in the data directory.
 const CACHE_DIR: &str = "plugin-cache";
@@ -60,5 +60,19 @@ impl PluginsConfig {
     /// Makes `dir` absolute against `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.dir = base.join(&self.dir);
+    }
+}
+
+impl Section for PluginsConfig {
+    /// The plugin runtime (pool sizes, limits) and the watched folder are
+    /// set up when the daemon starts.
+    const RESTART_ONLY: &'static [&'static str] = &[""];
+
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        PluginsConfig::resolve_paths(self, base);
     }
 }

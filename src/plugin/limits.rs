@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::section::Checker;
 
 const MIB: u64 = 1024 * 1024;
 

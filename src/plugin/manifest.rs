@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::limits::{LimitOverrides, Limits};
-use crate::config::Checker;
+use crate::section::Checker;
 
 /// A parsed `NAME.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::section::{Checker, Section};
 
 /// Statistics, guardrails and rollout of the prompt registry. Defaults are
 /// documented in `config.toml`.
@@ -102,5 +102,11 @@ impl RegistryConfig {
                 );
             }
         }
+    }
+}
+
+impl Section for RegistryConfig {
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
     }
 }

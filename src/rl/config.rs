@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::section::{Checker, Section};
 
 /// Which off-policy estimate gates promotion of a newly trained policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +237,12 @@ fn non_negative(check: &mut Checker, key: &str, value: f64) {
             key,
             format!("must be a finite number of at least 0.0, got {value:?}"),
         );
+    }
+}
+
+impl Section for RlConfig {
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
     }
 }
 

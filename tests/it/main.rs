@@ -7,6 +7,7 @@ mod support;
 mod apo_cli;
 mod apo_engine;
 mod apo_llm_client;
+mod architecture;
 mod cli_config;
 mod daemon;
 mod ingest;

@@ -9,7 +9,7 @@ use super::generation::Search;
 use crate::apo::dataset::{Dataset, Example};
 use crate::apo::evaluate;
 use crate::apo::output::ProgressEvent;
-use crate::apo::output::{ApoSummary, OperatorReport, VariantStatus};
+use crate::apo::output::{ApoSummary, OperatorReport, Variant, VariantStatus};
 use crate::apo::select::Paired;
 use crate::llm::ClientStats;
 
@@ -97,6 +97,30 @@ pub(super) async fn validate(
         warning = Some(format!("validation {status}"));
         status
     };
+    let (best_idx, decision) = decide(variants, &finalists, &complete);
+    let baseline_reward = complete(0).then(|| variants[0].validation_mean).flatten();
+    let optimized_reward = if best_idx == 0 {
+        baseline_reward
+    } else {
+        variants[best_idx].validation_mean
+    };
+    Ok(Finals {
+        best_idx,
+        validation_status,
+        decision,
+        baseline_reward,
+        optimized_reward,
+        warning,
+    })
+}
+
+/// The returned variant (0: the baseline) and why: the finalist with the
+/// largest paired validation gain over the baseline beyond noise, if any.
+fn decide(
+    variants: &[Variant],
+    finalists: &[usize],
+    complete: &impl Fn(usize) -> bool,
+) -> (usize, String) {
     let mut best_idx = 0;
     let mut best_gain: Option<Paired> = None;
     let mut decision = if finalists.is_empty() {
@@ -107,7 +131,7 @@ pub(super) async fn validate(
         String::new()
     };
     if complete(0) {
-        for idx in &finalists {
+        for idx in finalists {
             if !complete(*idx) {
                 continue;
             }
@@ -136,20 +160,7 @@ pub(super) async fn validate(
             );
         }
     }
-    let baseline_reward = complete(0).then(|| variants[0].validation_mean).flatten();
-    let optimized_reward = if best_idx == 0 {
-        baseline_reward
-    } else {
-        variants[best_idx].validation_mean
-    };
-    Ok(Finals {
-        best_idx,
-        validation_status,
-        decision,
-        baseline_reward,
-        optimized_reward,
-        warning,
-    })
+    (best_idx, decision)
 }
 
 /// Everything the summary is made of.

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Checker;
+use crate::section::{Checker, Section};
 
 /// LLM endpoint settings. Defaults are documented in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl LlmConfig {
             .filter(|key| !key.is_empty())
     }
 
-    pub(super) fn validate(&self, check: &mut Checker) {
+    pub(crate) fn validate(&self, check: &mut Checker) {
         check.http_url("base_url", &self.base_url);
         if self.api_key_env.is_empty() || self.api_key_env.contains(['=', '\0']) {
             check.fail(
@@ -79,6 +79,12 @@ impl LlmConfig {
         check.not_empty("rewriter_model", &self.rewriter_model);
         check.not_empty("judge_model", &self.judge_model);
         check.in_range("temperature", self.temperature, 0.0..=2.0);
+    }
+}
+
+impl Section for LlmConfig {
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
     }
 }
 

@@ -1,4 +1,6 @@
-//! Range and shape checks on a parsed configuration.
+//! The contract of a configuration section ([`Section`]) and the range and
+//! shape checks it reports with ([`Checker`]). A leaf: it imports nothing
+//! of the crate, so every section can live beside its owner.
 //!
 //! Deserialization only proves that each value has the right type; whether a
 //! value makes sense (a positive timeout, a URL the HTTP client accepts) is
@@ -10,6 +12,28 @@ use std::cmp::Ordering;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 use std::path::Path;
+
+/// What every configuration section provides: its checks, how its relative
+/// paths resolve, and which of its keys a running daemon cannot apply.
+///
+/// `config::Config` composes the sections; each section lives beside the
+/// module that uses it and depends only on this leaf module, so no section
+/// imports `config` (no import circle).
+pub trait Section {
+    /// Keys of the section (relative to it; `""` for the whole section)
+    /// that only a restart applies. The daemon's hot reload keeps their old
+    /// values and reports them in `restart_required`; every other key is
+    /// applied from the next use.
+    const RESTART_ONLY: &'static [&'static str] = &[];
+
+    /// Reports every out-of-range or malformed value into `check`, keys
+    /// relative to the section.
+    fn check(&self, check: &mut Checker);
+
+    /// Makes relative paths absolute by joining them onto `base` (the
+    /// config file's folder).
+    fn resolve_paths(&mut self, _base: &Path) {}
+}
 
 /// One out-of-range or malformed value, named by its full key path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Checker;
+use crate::section::{Checker, Section};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -44,7 +44,7 @@ impl Default for TracesConfig {
 }
 
 impl TracesConfig {
-    pub(super) fn validate(&self, check: &mut Checker) {
+    pub(crate) fn validate(&self, check: &mut Checker) {
         check.not_empty_path("dir", &self.dir);
         check.at_least("quiet_period_secs", self.quiet_period_secs, 1);
         check.in_range("max_line_bytes", self.max_line_bytes, KIB..=GIB);
@@ -57,7 +57,20 @@ impl TracesConfig {
         check.in_range("batch_lines", self.batch_lines, 1..=1_000_000);
     }
 
-    pub(super) fn resolve_paths(&mut self, base: &Path) {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         self.dir = base.join(&self.dir);
+    }
+}
+
+impl Section for TracesConfig {
+    /// The watched folder is set up when the daemon starts.
+    const RESTART_ONLY: &'static [&'static str] = &["dir"];
+
+    fn check(&self, check: &mut Checker) {
+        self.validate(check);
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        TracesConfig::resolve_paths(self, base);
     }
 }
