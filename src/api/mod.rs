@@ -36,10 +36,10 @@ use tokio::sync::watch;
 
 use crate::config::{ApiConfig, Config};
 use crate::owner::Owner;
-use crate::registry::{PromptRegistry, Resolved};
+use crate::registry::{PromptRegistry, RegistryError, Resolved};
 use crate::rl::{self, ActRequest};
 use crate::rng::Rng;
-use crate::store::{Round, Store};
+use crate::store::{Round, Store, StoreError};
 
 pub use status::{IngestStatus, RunningRound, Status};
 
@@ -168,6 +168,7 @@ pub fn app(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -175,6 +176,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -183,9 +185,52 @@ impl ApiError {
     }
 }
 
+/// A busy store is 503 with `Retry-After` (the agent asks again), anything
+/// else from the store 500.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        if err.is_busy() {
+            ApiError::busy(err)
+        } else {
+            ApiError::internal(err)
+        }
+    }
+}
+
+/// Unknown prompt or version is 404, a busy store 503, the rest 500.
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> ApiError {
+        match err {
+            err if err.is_not_found() => ApiError::new(StatusCode::NOT_FOUND, err.to_string()),
+            RegistryError::Store(err) => ApiError::from(err),
+            err => ApiError::internal(err),
+        }
+    }
+}
+
+impl ApiError {
+    /// 503: the store is busy; `Retry-After` says when to ask again.
+    fn busy(err: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("the store is busy, retry shortly: {err}"),
+            retry_after_secs: Some(RETRY_AFTER_SECS),
+        }
+    }
+}
+
+/// What `Retry-After` says when the store is busy.
+const RETRY_AFTER_SECS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.message}))).into_response()
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -242,8 +287,7 @@ async fn rounds(
         .db
         .call(move |db| db.store.rounds(limit))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)??;
     Ok(Json(rounds.iter().map(round_json).collect()))
 }
 
@@ -255,8 +299,7 @@ async fn round(
         .db
         .call(move |db| db.store.round(id))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)??;
     match round {
         Some(round) => Ok(Json(round_json(&round))),
         None => Err(ApiError::new(
@@ -304,7 +347,7 @@ async fn resolve(
         .await
         .map_err(ApiError::internal)?
         .map(Json)
-        .map_err(|err| ApiError::new(StatusCode::NOT_FOUND, format!("{err:#}")))
+        .map_err(ApiError::from)
 }
 
 /// The state of a decision, as the agent sees it.
@@ -504,6 +547,30 @@ mod tests {
         assert_eq!(code, StatusCode::NOT_FOUND);
         let (code, body) = call(app, get("/v1/prompts/Controller/resolve")).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    /// Issue 18: every resolve failure used to be a 404, a busy database
+    /// included; the agent then treated a transient failure as a missing
+    /// prompt.
+    #[tokio::test]
+    async fn a_busy_store_is_503_with_retry_after_and_a_missing_prompt_404() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        let response =
+            ApiError::from(RegistryError::Store(StoreError::Sqlite(busy))).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::from(RegistryError::UnknownPrompt("P".into())).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let other = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
+        );
+        let response = ApiError::from(StoreError::Sqlite(other)).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[tokio::test]

@@ -181,9 +181,14 @@ mod tests {
                     json!(format!("{s}x")),
                     json!("f1"),
                     json!("snips"),
+                    json!("ips"),
                 ]
             }
-            Value::Array(items) if items.is_empty() => vec![json!(["x"]), json!([1.0])],
+            Value::Array(items) if items.is_empty() => vec![
+                json!(["x"]),
+                json!([1.0]),
+                json!([{"metric": "safety", "max_drop": 0.02}]),
+            ],
             Value::Array(items) => vec![
                 json!(items[1..]),
                 json!(items[..items.len() - 1]),

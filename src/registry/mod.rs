@@ -33,6 +33,37 @@ pub use stats::{Comparison, Summary, compare};
 use crate::store::{AbTestRow, Change, EpisodeFilter, PromptVersion, Store};
 use crate::trace::Episode;
 
+/// Why the registry could not answer a lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no prompt `{0}` is registered")]
+    UnknownPrompt(String),
+    #[error("prompt `{name}` has no version `{version}` (it has: {known})")]
+    UnknownVersion {
+        name: String,
+        version: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl RegistryError {
+    /// The prompt or version does not exist (not a failure of the store).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::UnknownPrompt(_) | RegistryError::UnknownVersion { .. }
+        )
+    }
+
+    /// The store was busy (another connection held a lock past the busy
+    /// timeout); asking again later may succeed.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, RegistryError::Store(err) if err.is_busy())
+    }
+}
+
 /// The label agents get when no test runs.
 pub const PRODUCTION: &str = "production";
 /// The label of a version waiting for a test.
@@ -239,7 +270,7 @@ impl PromptRegistry {
     }
 
     /// The version `label` points at.
-    pub fn labelled(&self, name: &str, label: &str) -> anyhow::Result<Option<String>> {
+    pub fn labelled(&self, name: &str, label: &str) -> Result<Option<String>, RegistryError> {
         Ok(self
             .store
             .prompt_labels(name)?
@@ -249,7 +280,7 @@ impl PromptRegistry {
     }
 
     /// One version, or an error naming the versions there are.
-    pub fn version(&self, name: &str, version: &str) -> anyhow::Result<PromptVersion> {
+    pub fn version(&self, name: &str, version: &str) -> Result<PromptVersion, RegistryError> {
         if let Some(found) = self.store.prompt_version(name, version)? {
             return Ok(found);
         }
@@ -260,12 +291,13 @@ impl PromptRegistry {
             .map(|v| v.version)
             .collect();
         if known.is_empty() {
-            bail!("no prompt `{name}` is registered");
+            return Err(RegistryError::UnknownPrompt(name.to_string()));
         }
-        bail!(
-            "prompt `{name}` has no version `{version}` (it has: {})",
-            known.join(", ")
-        )
+        Err(RegistryError::UnknownVersion {
+            name: name.to_string(),
+            version: version.to_string(),
+            known: known.join(", "),
+        })
     }
 
     /// Starts an A/B test sending `traffic_split` of requests to `treatment`
@@ -431,7 +463,7 @@ impl PromptRegistry {
     }
 
     /// The version (and text) request `key` gets for prompt `name`.
-    pub fn resolve(&self, name: &str, key: &str) -> anyhow::Result<Resolved> {
+    pub fn resolve(&self, name: &str, key: &str) -> Result<Resolved, RegistryError> {
         let (version, test_id, arm) = match self.store.running_ab_test(name)? {
             Some(test) if is_treatment(test.id, key, test.split) => {
                 (test.treatment, Some(test.id), Some("treatment"))
@@ -445,7 +477,7 @@ impl PromptRegistry {
                         .prompt_versions(name)?
                         .pop()
                         .map(|v| v.version)
-                        .with_context(|| format!("no prompt `{name}` is registered"))?,
+                        .ok_or_else(|| RegistryError::UnknownPrompt(name.to_string()))?,
                 };
                 (production, None, None)
             }

@@ -91,6 +91,23 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl StoreError {
+    /// Whether another connection held a lock past the busy timeout: the
+    /// same request may well succeed later.
+    pub fn is_busy(&self) -> bool {
+        let sqlite = match self {
+            StoreError::Sqlite(err)
+            | StoreError::Open { source: err, .. }
+            | StoreError::Migrate { source: err, .. } => err,
+            _ => return false,
+        };
+        matches!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// An open Whetstone database.
 pub struct Store {
     conn: Connection,

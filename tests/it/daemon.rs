@@ -583,37 +583,35 @@ async fn daemon_rolls_out_an_apo_winner_stage_by_stage_and_rolls_back_a_breach()
 
 /// Issue 18: a store error in one of the daemon's own steps (here another
 /// process holding the database's write lock for longer than
-/// `daemon.store_busy_timeout_secs` when a PPO update is due) used to end
+/// `daemon.store_busy_timeout_secs` when an APO round is due) used to end
 /// the daemon through `?`. It must keep running, report the error in
 /// `/v1/status`, and start the round once the lock is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_is_reported_and_the_daemon_keeps_running() {
+    let server = TestServer::start().await;
     let setup = Setup {
         dir: tempfile::tempdir().unwrap(),
         port: free_port(),
-        // No APO round runs here: no endpoint is needed.
-        base_url: "http://127.0.0.1:9/v1".into(),
+        base_url: server.base_url(),
     };
     fs::create_dir(setup.traces()).unwrap();
-    let config = |rl_min_new_decisions: u64| {
+    let config = |apo_min_new_episodes: u64| {
         setup
             .config(Some(1), "")
             .replace(
                 "rl_min_new_decisions = 20",
-                &format!(
-                    "rl_min_new_decisions = {rl_min_new_decisions}\nstore_busy_timeout_secs = 1"
-                ),
+                "rl_min_new_decisions = 0\nstore_busy_timeout_secs = 1",
             )
             .replace(
                 "apo_min_new_episodes = 12",
-                "apo_min_new_episodes = 0\napo_interval_secs = 0",
+                &format!("apo_min_new_episodes = {apo_min_new_episodes}\napo_interval_secs = 0"),
             )
     };
     setup.write_config(&config(0));
     let mut daemon = setup.start();
-    let tools = setup.traces().join("tools.jsonl");
+    let live = setup.traces().join("agent.jsonl");
     for idx in 0..12 {
-        append(&tools, &tool_line(idx));
+        append(&live, &controller_line(idx));
     }
     setup
         .wait_for("/v1/status", 30, |s| s["ingest"]["episodes_new"] == 12)
@@ -650,11 +648,11 @@ async fn a_database_locked_by_another_process_is_reported_and_the_daemon_keeps_r
         "{metrics}"
     );
 
-    // The lock goes: the update starts and the error clears.
+    // The lock goes: the round starts and runs, and the error clears.
     db.execute_batch("COMMIT").unwrap();
     drop(db);
     setup
-        .wait_for("/v1/rounds", 60, |r| succeeded(r, "rl") >= 1)
+        .wait_for("/v1/rounds", 60, |r| succeeded(r, "apo") >= 1)
         .await;
     setup
         .wait_for("/v1/status", 10, |s| s["store_error"].is_null())
