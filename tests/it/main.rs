@@ -10,6 +10,7 @@ mod apo_llm_client;
 mod cli_config;
 mod daemon;
 mod ingest;
+mod otlp;
 mod plugins;
 mod registry;
 mod rl;
