@@ -91,7 +91,7 @@ impl Intake {
                 .map_err(|err: AppendError| Refusal::Unavailable(err.to_string()))?;
         }
         Ok(ExportTraceServiceResponse {
-            partial_success: (encoded.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+            partial_success: (encoded.rejected_spans > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: encoded.rejected_spans as i64,
                 error_message: encoded.error_message,
             }),
