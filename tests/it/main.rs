@@ -9,6 +9,7 @@ mod apo_engine;
 mod apo_llm_client;
 mod cli_config;
 mod daemon;
+mod first_run;
 mod ingest;
 mod otlp;
 mod plugins;
