@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use serde_json::{Value, json};
 use whetstone::store::{EpisodeFilter, Store};
@@ -331,6 +333,22 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
+/// `google.rpc.Status` with its details, as gRPC errors carry it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatusWithDetails {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<AnyDetail>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnyDetail {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
 /// `google.rpc.Status` as OTLP/HTTP error bodies carry it.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcStatus {
@@ -478,6 +496,26 @@ async fn spans_acknowledged_survive_kill_9() {
     daemon.start();
     let episodes = daemon.wait_episodes(20, 30);
     assert_eq!(episodes.keys().cloned().collect::<Vec<_>>(), traces);
+
+    // SIGTERM: the receiver stops accepting, drains, and the daemon exits.
+    let mut child = daemon.child.take().unwrap();
+    // SAFETY: kill(2) on the pid of a child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        daemon.log().contains("OTLP receiver stopped"),
+        "{}",
+        daemon.log()
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", daemon.http)).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,6 +558,26 @@ async fn floods_get_429_or_503_with_retry_after_then_succeed() {
         .unwrap();
     assert_eq!(busy.status(), 429);
     assert_eq!(busy.headers()["retry-after"], "1");
+    // gRPC shares the permits: RESOURCE_EXHAUSTED, with the RetryInfo that
+    // OTLP clients need to retry it.
+    let mut grpc = TraceServiceClient::connect(format!("http://127.0.0.1:{}", daemon.grpc))
+        .await
+        .unwrap();
+    let refused = grpc
+        .export(ExportTraceServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let details = RpcStatusWithDetails::decode(refused.details()).unwrap();
+    assert_eq!(details.code, 8);
+    assert_eq!(
+        details.details[0].type_url,
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
     slow.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut answer = String::new();
     slow.read_to_string(&mut answer).await.unwrap();
