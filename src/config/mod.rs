@@ -43,6 +43,7 @@ pub use crate::section::{Checker, Invalid, Section};
 pub use daemon::{ApiConfig, DaemonConfig};
 pub use error::{ConfigError, Location, Problem};
 
+use crate::otlp::OtlpConfig;
 use crate::plugin::PluginsConfig;
 use crate::registry::RegistryConfig;
 use crate::rl::RlConfig;
@@ -69,6 +70,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Sandboxed WebAssembly plugins.
     pub plugins: PluginsConfig,
+    /// The daemon's OTLP/HTTP and OTLP/gRPC trace receivers.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             registry: RegistryConfig::default(),
             plugins: PluginsConfig::default(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -101,6 +105,7 @@ impl Config {
         check.section("api", |check| Section::check(&self.api, check));
         check.section("registry", |check| Section::check(&self.registry, check));
         check.section("plugins", |check| Section::check(&self.plugins, check));
+        check.section("otlp", |check| Section::check(&self.otlp, check));
         check.finish()
     }
 
@@ -115,6 +120,7 @@ impl Config {
         Section::resolve_paths(&mut self.api, base);
         Section::resolve_paths(&mut self.registry, base);
         Section::resolve_paths(&mut self.plugins, base);
+        Section::resolve_paths(&mut self.otlp, base);
     }
 
     /// Every key a running daemon cannot apply (dotted paths; a section's
@@ -136,6 +142,7 @@ impl Config {
         keys::<ApiConfig>("api", &mut out);
         keys::<RegistryConfig>("registry", &mut out);
         keys::<PluginsConfig>("plugins", &mut out);
+        keys::<OtlpConfig>("otlp", &mut out);
         out
     }
 

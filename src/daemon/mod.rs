@@ -26,6 +26,7 @@
 
 mod once;
 mod reload;
+mod report;
 mod rounds;
 mod triggers;
 mod watcher;
@@ -42,6 +43,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState, RunningRound, Status};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::otlp;
 use crate::owner::Owner;
 use crate::plugin::PluginSet;
 use crate::registry::PromptRegistry;
@@ -147,6 +149,8 @@ struct Daemon {
     cancel: watch::Sender<bool>,
     _watcher: Option<notify::RecommendedWatcher>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    /// The OTLP receivers, when on.
+    otlp: Option<otlp::Receiver>,
     /// Rounds interrupted by a crash, to run again first.
     resume: Vec<RoundJob>,
 }
@@ -186,6 +190,21 @@ impl Daemon {
         } else {
             Some(api::serve(&config.api, Arc::clone(&api)).await?)
         };
+        let otlp = if options.once {
+            None
+        } else {
+            let token = otlp::Token {
+                env: &config.api.token_env,
+                value: std::env::var(&config.api.token_env)
+                    .ok()
+                    .filter(|token| !token.is_empty()),
+            };
+            let spooled = events_tx.clone();
+            let appended = Box::new(move || {
+                let _ = spooled.try_send(Event::Change(Change::Traces));
+            });
+            otlp::Receiver::start(&config.otlp, &config.data_dir, token, appended).await?
+        };
         let plugins = Arc::new(config.plugins.open(&config.data_dir)?);
         let (cancel, _) = watch::channel(false);
         Ok(Daemon {
@@ -212,6 +231,7 @@ impl Daemon {
             cancel,
             _watcher: watcher,
             api_task,
+            otlp,
             resume,
         })
     }
@@ -770,6 +790,9 @@ impl Daemon {
         if let Some(task) = self.api_task.take() {
             task.abort();
         }
+        if let Some(receiver) = self.otlp.take() {
+            receiver.shutdown().await;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.running.is_empty() || self.ingest_busy {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -805,18 +828,23 @@ fn spawn_ingest_thread(
 ) -> anyhow::Result<std::sync::mpsc::Sender<IngestOptions>> {
     let (ingest_jobs, ingest_rx) = std::sync::mpsc::channel::<IngestOptions>();
     let mut ingest_store = Store::open(&config.data_dir)?;
-    let traces_dir = config.traces.dir.clone();
+    // Spans the OTLP receivers made durable are read from their spool like
+    // any trace file.
+    let spool_dir = otlp::spool_dir(&config.data_dir);
+    std::fs::create_dir_all(&spool_dir)
+        .with_context(|| format!("creating {}", spool_dir.display()))?;
+    let ingest_paths = [config.traces.dir.clone(), spool_dir.clone()];
     std::thread::Builder::new()
         .name("ingest".into())
         .spawn(move || {
             for options in ingest_rx {
-                let report = ingest::ingest_paths(
-                    &mut ingest_store,
-                    std::slice::from_ref(&traces_dir),
-                    &options,
-                    &mut |_| {},
-                )
-                .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
+                let report =
+                    ingest::ingest_paths(&mut ingest_store, &ingest_paths, &options, &mut |_| {})
+                        .and_then(|report| {
+                            otlp::remove_ingested(&mut ingest_store, &spool_dir)?;
+                            Ok(report)
+                        })
+                        .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
                 if events.blocking_send(Event::Ingested(report)).is_err() {
                     return;
                 }

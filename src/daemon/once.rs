@@ -6,6 +6,7 @@ use std::io::Write;
 use super::rounds::{RoundKind, RoundResult};
 use super::{Daemon, Event, triggers};
 use crate::ingest::{IngestOptions, IngestReport};
+use crate::registry;
 
 impl Daemon {
     /// Runs the one pass; a failed round makes the whole command fail after
@@ -28,7 +29,14 @@ impl Daemon {
                 }
                 Some(Event::RoundEnded { kind, id, result }) => {
                     self.print_round(kind, id, &result, out)?;
+                    let succeeded = result.is_ok();
                     self.round_ended(kind, id, result).await;
+                    if succeeded && kind == RoundKind::Apo {
+                        writeln!(out, "  {}", self.registered_by(id).await)?;
+                    }
+                    if succeeded {
+                        writeln!(out, "  outputs: {}", self.round_dir(id, kind).display())?;
+                    }
                     planned.pop()
                 }
                 Some(Event::Shutdown) => return self.shutdown().await,
@@ -112,10 +120,28 @@ impl Daemon {
                 for line in &result.details {
                     writeln!(out, "  {line}")?;
                 }
-                writeln!(out, "  outputs: {}", self.round_dir(id, kind).display())?;
             }
             Err(err) => writeln!(out, "{} round {id} failed: {err}", kind.as_str())?,
         }
         Ok(())
+    }
+
+    /// What the registry holds from APO round `id`, in one line.
+    async fn registered_by(&self, id: i64) -> String {
+        let prompt = self.config.apo.target_prompt.clone();
+        let name = prompt.clone();
+        let versions = self.store(move |db| db.store.prompt_versions(&name)).await;
+        match versions {
+            Ok(versions) => match versions.iter().find(|v| v.round_id == Some(id)) {
+                Some(version) => format!(
+                    "registered: prompt `{prompt}` version {} labelled `{}` (`whetstone prompts show {prompt} {}`)",
+                    version.version,
+                    registry::CANDIDATE,
+                    version.version
+                ),
+                None => format!("registered: nothing (the baseline of `{prompt}` stays)"),
+            },
+            Err(err) => format!("registered: unknown, the registry cannot be read ({err:#})"),
+        }
     }
 }

@@ -135,6 +135,7 @@ fn dataset(cfg: &ApoConfig, episodes: &[Episode], scorer: &Scorer) -> anyhow::Re
             pinned: pinned.as_deref(),
             reference_min_reward: cfg.reference_min_reward,
             require_reference: matches!(scorer, Scorer::ExactMatch | Scorer::F1),
+            max_examples: cfg.max_examples,
         },
     )
 }
