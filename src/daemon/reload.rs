@@ -182,7 +182,7 @@ mod tests {
                     json!("f1"),
                     json!("snips"),
                     json!("ips"),
-                    json!("127.0.0.1:4317"),
+                    json!("127.0.0.1:4399"),
                 ]
             }
             Value::Array(items) if items.is_empty() => vec![
