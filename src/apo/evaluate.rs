@@ -105,7 +105,7 @@ pub struct Evaluator<'a> {
     pub max_response_tokens: u32,
     params_hash: String,
     plugins: Option<PluginScorer>,
-    replies: Option<&'a ReplyMonitor>,
+    replies: Option<&'a ReplyMonitor<'a>>,
     stats: RefCell<EvalStats>,
 }
 
@@ -116,8 +116,6 @@ enum PairResult {
     Scored(ExampleScore, TokenUsage),
     Failed(String),
     Budget,
-    /// The run stopped spending after unusable replies.
-    Stopped,
 }
 
 impl<'a> Evaluator<'a> {
@@ -158,10 +156,9 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Counts the task's and the judge's replies in `replies`, takes the
-    /// judge's output limit from it, and makes no call once it has stopped
-    /// the run.
-    pub fn with_replies(mut self, replies: &'a ReplyMonitor) -> Self {
+    /// Counts the task's and the judge's replies in `replies` and takes the
+    /// judge's output limit from it.
+    pub fn with_replies(mut self, replies: &'a ReplyMonitor<'a>) -> Self {
         self.params_hash = cache::hash_text(&format!(
             "{}|judge_max_tokens={}",
             self.params_hash,
@@ -169,10 +166,6 @@ impl<'a> Evaluator<'a> {
         ));
         self.replies = Some(replies);
         self
-    }
-
-    fn stopped(&self) -> bool {
-        self.replies.is_some_and(ReplyMonitor::stopped)
     }
 
     /// Blends the reward plugins' score into every score (see
@@ -260,7 +253,6 @@ impl<'a> Evaluator<'a> {
                     self.stats.borrow_mut().failures += 1;
                 }
                 PairResult::Budget => self.stats.borrow_mut().skipped_by_budget += 1,
-                PairResult::Stopped => {}
             }
         }
         for idx in misses {
@@ -330,9 +322,6 @@ impl<'a> Evaluator<'a> {
     }
 
     async fn replay(&self, prompt: &str, example: &Example) -> PairResult {
-        if self.stopped() {
-            return PairResult::Stopped;
-        }
         let mut messages = vec![Message {
             role: "system".to_string(),
             content: prompt.to_string(),
@@ -391,9 +380,6 @@ impl<'a> Evaluator<'a> {
                             .map_or(JUDGE_MAX_TOKENS, ReplyMonitor::judge_max_tokens),
                     ),
                 };
-                if self.stopped() {
-                    return PairResult::Stopped;
-                }
                 self.stats.borrow_mut().judge_calls += 1;
                 let verdict = match self.budget.chat(self.llm, &judge_request).await {
                     Ok(verdict) => verdict,

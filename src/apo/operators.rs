@@ -161,7 +161,7 @@ pub struct Rewriter<'a> {
     budget: &'a Budget,
     conn: &'a Connection,
     meta: &'a MetaPrompts,
-    replies: &'a ReplyMonitor,
+    replies: &'a ReplyMonitor<'a>,
     params_hash: String,
     cache_hits: Cell<u64>,
 }
@@ -173,7 +173,7 @@ impl<'a> Rewriter<'a> {
         budget: &'a Budget,
         conn: &'a Connection,
         meta: &'a MetaPrompts,
-        replies: &'a ReplyMonitor,
+        replies: &'a ReplyMonitor<'a>,
     ) -> Self {
         let settings = llm.config();
         let params_hash = cache::hash_text(&format!(
@@ -199,9 +199,6 @@ impl<'a> Rewriter<'a> {
     /// The reply to `content` (at most `max_tokens` long), the calls paid
     /// for it, and whether the server cut it at that limit.
     async fn ask(&self, content: String, max_tokens: u32) -> Result<Asked, CallError> {
-        if self.replies.stopped() {
-            return Err(CallError::Budget("stopped after unusable replies"));
-        }
         let model = self.llm.model(Role::Rewriter);
         let request_hash = cache::hash_text(&format!("{content}\0max_tokens={max_tokens}"));
         match cache::get_rewrite(self.conn, &request_hash, model, &self.params_hash) {

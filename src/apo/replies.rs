@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::budget::Budget;
 use crate::config::Checker;
 use crate::llm::Role;
 
@@ -278,19 +279,22 @@ struct MonitorState {
 /// Output limits and the tally of one run's replies; shared by the
 /// rewriter and the evaluator.
 #[derive(Debug)]
-pub struct ReplyMonitor {
+pub struct ReplyMonitor<'a> {
     config: ReplyConfig,
     max_prompt_chars: usize,
+    /// Stopped when a role gives too many unusable replies in a row.
+    budget: &'a Budget,
     state: Mutex<MonitorState>,
 }
 
-impl ReplyMonitor {
+impl<'a> ReplyMonitor<'a> {
     /// A monitor for a run with these limits; `max_prompt_chars` bounds a
-    /// rewrite's limit.
-    pub fn new(config: &ReplyConfig, max_prompt_chars: usize) -> Self {
+    /// rewrite's limit, and `budget` is stopped when the run must stop.
+    pub fn new(config: &ReplyConfig, max_prompt_chars: usize, budget: &'a Budget) -> Self {
         ReplyMonitor {
             config: config.clone(),
             max_prompt_chars,
+            budget,
             state: Mutex::new(MonitorState::default()),
         }
     }
@@ -365,6 +369,7 @@ impl ReplyMonitor {
         run.push(kind);
         let in_a_row = run.len();
         if state.stop.is_none() && in_a_row >= self.config.max_unusable_in_a_row as usize {
+            self.budget.stop();
             let run = &state.in_a_row[&role];
             let what = if run.iter().all(|other| *other == kind) {
                 kind.describe().to_string()
@@ -394,14 +399,9 @@ impl ReplyMonitor {
     }
 
     /// Set once a role gave too many unusable replies in a row: the error
-    /// the run ends with. No call should be made after it is.
+    /// the run ends with. The budget admits no call from then on.
     pub fn stop_error(&self) -> Option<String> {
         self.state.lock().unwrap().stop.clone()
-    }
-
-    /// Whether the run has stopped spending.
-    pub fn stopped(&self) -> bool {
-        self.state.lock().unwrap().stop.is_some()
     }
 
     /// The tally so far.
@@ -513,7 +513,8 @@ mod tests {
 
     #[test]
     fn rewrite_limits_follow_the_prompt_within_the_cap() {
-        let monitor = ReplyMonitor::new(&ReplyConfig::default(), 8000);
+        let budget = Budget::new(10, 10, 1);
+        let monitor = ReplyMonitor::new(&ReplyConfig::default(), 8000, &budget);
         assert_eq!(monitor.rewrite_max_tokens(300), 2 * 100 + 256);
         assert_eq!(monitor.rewrite_max_tokens(6000), 2667 + 256);
         assert_eq!(monitor.judge_max_tokens(), 256);
@@ -526,7 +527,8 @@ mod tests {
             max_unusable_in_a_row: 3,
             ..ReplyConfig::default()
         };
-        let monitor = ReplyMonitor::new(&config, 8000);
+        let budget = Budget::new(10, 10, 1);
+        let monitor = ReplyMonitor::new(&config, 8000, &budget);
         let bad = Err(Unusable::NoScore);
         monitor.record(Role::Judge, "tiny", "Looks fine", false, bad);
         monitor.record(Role::Judge, "tiny", "Looks fine", false, bad);
@@ -536,9 +538,13 @@ mod tests {
         monitor.record(Role::Judge, "tiny", "Looks fine", false, bad);
         // Another role's replies do not.
         monitor.record(Role::Rewriter, "tiny", "<prompt>x</prompt>", false, Ok(()));
-        assert!(!monitor.stopped());
+        assert_eq!(monitor.stop_error(), None);
+        assert_eq!(budget.calls_left(), 10);
         monitor.record(Role::Judge, "tiny", "Looks fine", true, bad);
         let err = monitor.stop_error().unwrap();
+        // Nothing more is spent.
+        assert_eq!(budget.exhausted(), None);
+        assert_eq!(budget.calls_left(), 10);
         assert!(
             err.starts_with(
                 "judge model `tiny` gave no readable `SCORE: <0-10>` in 3 replies in a row (5 of its 6 replies"
@@ -547,7 +553,7 @@ mod tests {
         );
         assert!(err.contains("\"Looks fine\""), "{err}");
         let report = monitor.report("max_tokens", 100);
-        let judge = &report.roles[0];
+        let judge = report.roles.iter().find(|r| r.role == "judge").unwrap();
         assert_eq!(
             (judge.replies, judge.unusable, judge.cut_at_limit),
             (6, 5, 1)
