@@ -19,6 +19,7 @@
 //! retried with backoff; the daemon keeps running.
 
 mod reload;
+mod report;
 mod rounds;
 pub mod status;
 mod triggers;
@@ -336,11 +337,17 @@ impl Daemon {
                             for line in &result.details {
                                 writeln!(out, "  {line}")?;
                             }
-                            writeln!(out, "  outputs: {}", round_dir.display())?;
                         }
                         Err(err) => writeln!(out, "{} round {id} failed: {err}", kind.as_str())?,
                     }
+                    let succeeded = result.is_ok();
                     self.round_ended(kind, id, result)?;
+                    if succeeded && kind == RoundKind::Apo {
+                        writeln!(out, "  {}", self.registered_by(id))?;
+                    }
+                    if succeeded {
+                        writeln!(out, "  outputs: {}", round_dir.display())?;
+                    }
                     match planned.pop() {
                         Some(kind) => self.launch_new(kind, "daemon --once")?,
                         None => break,
@@ -361,6 +368,23 @@ impl Daemon {
             anyhow::bail!("{failed} round(s) failed (listed above)");
         }
         Ok(())
+    }
+
+    /// What the registry holds from APO round `id`, in one line.
+    fn registered_by(&self, id: i64) -> String {
+        let prompt = &self.config.apo.target_prompt;
+        match self.registry.store().prompt_versions(prompt) {
+            Ok(versions) => match versions.iter().find(|v| v.round_id == Some(id)) {
+                Some(version) => format!(
+                    "registered: prompt `{prompt}` version {} labelled `{}` (`whetstone prompts show {prompt} {}`)",
+                    version.version,
+                    registry::CANDIDATE,
+                    version.version
+                ),
+                None => format!("registered: nothing (the baseline of `{prompt}` stays)"),
+            },
+            Err(err) => format!("registered: unknown, the registry cannot be read ({err})"),
+        }
     }
 
     fn request_ingest(&mut self, finalize: bool) {

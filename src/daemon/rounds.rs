@@ -192,11 +192,7 @@ fn run_apo(
         ),
         None => format!("validation reward {}", summary.validation),
     };
-    let mut details = vec![format!(
-        "best prompt ({}): {}",
-        summary.best_variant_id,
-        summary.best_prompt.lines().next().unwrap_or_default()
-    )];
+    let mut details = super::report::apo_details(&summary, config.apo.budget.max_llm_calls);
     details.extend(summary.replies.warnings());
     Ok(RoundResult {
         candidate,

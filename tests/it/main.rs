@@ -10,6 +10,7 @@ mod apo_llm_client;
 mod apo_replies;
 mod cli_config;
 mod daemon;
+mod first_run;
 mod ingest;
 mod llm_limits;
 mod plugins;
