@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::otlp;
 use crate::plugin::PluginSet;
 use crate::registry::{self, Decision, Lineage, PromptRegistry};
 use crate::store::{NewRound, Store, now_unix_ms};
@@ -110,6 +111,8 @@ struct Daemon {
     cancel: watch::Sender<bool>,
     _watcher: Option<notify::RecommendedWatcher>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    /// The OTLP receivers, when on.
+    otlp: Option<otlp::Receiver>,
     /// Rounds interrupted by a crash, to run again first.
     resume: Vec<RoundJob>,
 }
@@ -134,7 +137,12 @@ impl Daemon {
         // The ingest thread owns a store connection of its own.
         let (ingest_jobs, ingest_rx) = std::sync::mpsc::channel::<IngestOptions>();
         let mut ingest_store = Store::open(&config.data_dir)?;
-        let traces_dir = config.traces.dir.clone();
+        // Spans the OTLP receivers made durable are read from their spool
+        // like any trace file.
+        let spool_dir = otlp::spool_dir(&config.data_dir);
+        std::fs::create_dir_all(&spool_dir)
+            .with_context(|| format!("creating {}", spool_dir.display()))?;
+        let ingest_paths = [config.traces.dir.clone(), spool_dir.clone()];
         let ingest_events = events_tx.clone();
         std::thread::Builder::new()
             .name("ingest".into())
@@ -142,10 +150,14 @@ impl Daemon {
                 for options in ingest_rx {
                     let report = ingest::ingest_paths(
                         &mut ingest_store,
-                        std::slice::from_ref(&traces_dir),
+                        &ingest_paths,
                         &options,
                         &mut |_| {},
                     )
+                    .and_then(|report| {
+                        otlp::remove_ingested(&mut ingest_store, &spool_dir)?;
+                        Ok(report)
+                    })
                     .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
                     if ingest_events
                         .blocking_send(Event::Ingested(report))
@@ -157,6 +169,7 @@ impl Daemon {
             })?;
 
         let (change_tx, mut change_rx) = mpsc::channel(16);
+        let spooled = change_tx.clone();
         let watcher = if config.daemon.watch_events && !options.once {
             match watcher::watch(
                 &config.traces.dir,
@@ -187,6 +200,20 @@ impl Daemon {
         } else {
             Some(api::serve(&config.api, Arc::clone(&shared)).await?)
         };
+        let otlp = if options.once {
+            None
+        } else {
+            let token = otlp::Token {
+                env: &config.api.token_env,
+                value: std::env::var(&config.api.token_env)
+                    .ok()
+                    .filter(|token| !token.is_empty()),
+            };
+            let appended = Box::new(move || {
+                let _ = spooled.try_send(Change::Traces);
+            });
+            otlp::Receiver::start(&config.otlp, &config.data_dir, token, appended).await?
+        };
         let resume = interrupted_rounds(&store)?;
         let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
         let plugins = Arc::new(config.plugins.open(&config.data_dir)?);
@@ -211,6 +238,7 @@ impl Daemon {
             cancel,
             _watcher: watcher,
             api_task,
+            otlp,
             resume,
         })
     }
@@ -771,6 +799,9 @@ impl Daemon {
         let _ = self.cancel.send(true);
         if let Some(task) = self.api_task.take() {
             task.abort();
+        }
+        if let Some(receiver) = self.otlp.take() {
+            receiver.shutdown().await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.running.is_empty() || self.ingest_busy {

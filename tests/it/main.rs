@@ -13,6 +13,7 @@ mod daemon;
 mod first_run;
 mod ingest;
 mod llm_limits;
+mod otlp;
 mod plugins;
 mod registry;
 mod rl;
