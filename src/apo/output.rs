@@ -15,6 +15,8 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use super::replies::ReplyReport;
+
 /// What a run reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProgressEvent {
@@ -203,6 +205,9 @@ pub struct ApoSummary {
     pub failed_calls: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// What the models sent back: output limits, replies cut at them and
+    /// unusable replies, by role and model.
+    pub replies: ReplyReport,
     pub cache_hits: u64,
     pub wall_time_secs: f64,
     pub stop_reason: String,

@@ -10,6 +10,7 @@ use crate::apo::dataset::{Dataset, Example};
 use crate::apo::evaluate;
 use crate::apo::output::ProgressEvent;
 use crate::apo::output::{ApoSummary, OperatorReport, Variant, VariantStatus};
+use crate::apo::replies::ReplyReport;
 use crate::apo::select::Paired;
 use crate::llm::ClientStats;
 
@@ -176,6 +177,7 @@ pub(super) struct Summary<'a> {
     pub started: Instant,
     pub stop_reason: String,
     pub warnings: Vec<String>,
+    pub replies: ReplyReport,
 }
 
 /// The run's summary (`optimization_summary.json`).
@@ -192,6 +194,7 @@ pub(super) fn summary(parts: Summary<'_>) -> ApoSummary {
         started,
         stop_reason,
         warnings,
+        replies,
     } = parts;
     let improvement_pct =
         finals
@@ -241,6 +244,7 @@ pub(super) fn summary(parts: Summary<'_>) -> ApoSummary {
         failed_calls: stats.failed_requests - stats_before.failed_requests,
         tokens_in: stats.usage.input_tokens - stats_before.usage.input_tokens,
         tokens_out: stats.usage.output_tokens - stats_before.usage.output_tokens,
+        replies,
         cache_hits: eval_stats.cache_hits + search.calls.rewriter.cache_hits(),
         wall_time_secs: started.elapsed().as_secs_f64(),
         stop_reason,

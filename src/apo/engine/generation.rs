@@ -181,6 +181,12 @@ impl<'a> Search<'a> {
                 self.bandit.fail(plan.arm, 0);
                 continue;
             };
+            // An unusable reply (counted by the reply monitor) is no child,
+            // not even once the baseline's prohibitions are put back into it.
+            if text.trim().is_empty() {
+                self.bandit.fail(plan.arm, paid_calls);
+                continue;
+            }
             // A prohibition the rewrite dropped is put back, word for word.
             let mut text = text.trim_end().to_string();
             let restored: Vec<String> = guardrails
@@ -192,8 +198,8 @@ impl<'a> Search<'a> {
             for prohibition in &restored {
                 text = mutate::insert_instruction(&text, prohibition, &mut rng);
             }
-            if text.trim().is_empty() || !population.seen.insert(guardrails::normalize(&text)) {
-                population.duplicates += u64::from(!text.trim().is_empty());
+            if !population.seen.insert(guardrails::normalize(&text)) {
+                population.duplicates += 1;
                 self.bandit.fail(plan.arm, paid_calls);
                 continue;
             }

@@ -53,6 +53,7 @@ use super::config::ApoConfig;
 use super::evaluate::Evaluator;
 use super::operators::Rewriter;
 use super::output::{self, ApoSummary, ProgressEvent};
+use super::replies::ReplyMonitor;
 use crate::llm::LlmClient;
 use crate::plugin::Plugins;
 use crate::trace::Episode;
@@ -131,13 +132,16 @@ async fn search(
         train: dataset.train.len(),
         validation: dataset.validation.len(),
     });
+    let replies = ReplyMonitor::new(&cfg.replies, cfg.max_prompt_chars, &budget);
     let calls = Calls {
         llm,
         conn,
         run_id,
         evaluator: Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens)
-            .with_plugins(plugin_scorer),
-        rewriter: Rewriter::new(llm, &budget, conn, &meta),
+            .with_plugins(plugin_scorer)
+            .with_replies(&replies),
+        rewriter: Rewriter::new(llm, &budget, conn, &meta, &replies),
+        replies: &replies,
     };
     let train: Vec<_> = dataset.train.iter().collect();
     let population =
@@ -161,6 +165,8 @@ async fn search(
     });
     let finals = finals::validate(&mut search, &dataset, progress).await?;
     warnings.extend(finals.warning.clone());
+    let replies = replies.report(llm.limit_field().as_str(), baseline.text.chars().count());
+    warnings.extend(replies.warnings());
     Ok(finals::summary(finals::Summary {
         cfg,
         search,
@@ -173,5 +179,6 @@ async fn search(
         started,
         stop_reason,
         warnings,
+        replies,
     }))
 }

@@ -60,11 +60,15 @@ impl Population {
             outcome.into_iter().next().unwrap_or_default(),
         );
         if variants[0].mean.is_none() {
+            let unusable = calls.replies.report("", 0).warnings();
             anyhow::bail!(
                 "could not score the baseline on any training example: {}",
-                budget
-                    .exhausted()
-                    .unwrap_or("every replay failed; see the warnings and the LLM call ledger")
+                match budget.exhausted() {
+                    _ if !unusable.is_empty() => unusable.join("; "),
+                    Some(reason) => reason.to_string(),
+                    None =>
+                        "every replay failed; see the warnings and the LLM call ledger".to_string(),
+                }
             );
         }
         variants[0].status = if variants[0].scores.len() == train.len() {
