@@ -182,6 +182,7 @@ mod tests {
                     json!("f1"),
                     json!("snips"),
                     json!("ips"),
+                    json!("max_tokens"),
                     json!("127.0.0.1:4399"),
                 ]
             }
