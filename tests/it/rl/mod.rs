@@ -14,6 +14,10 @@ mod cli;
 
 mod samples;
 
+mod online;
+
+mod serving;
+
 use std::path::Path;
 
 use whetstone::plugin::Plugins;
