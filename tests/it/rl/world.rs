@@ -419,6 +419,10 @@ pub struct LoggedDecision {
     pub served: Option<Served>,
 }
 
+/// An agent's decision rule: action probabilities in a state, and what the
+/// served policy said when it decided.
+pub type AgentPolicy = dyn Fn(&str, Obs) -> ([f64; 6], Option<Served>);
+
 /// What `/v1/policy/act` (or `rl::ServedPolicy`) said about a decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
@@ -451,7 +455,7 @@ pub fn simulate(rng: &mut Rng) -> LoggedEpisode {
 /// the true values are too).
 pub fn simulate_with(
     rng: &mut Rng,
-    policy: &dyn Fn(&str, Obs) -> ([f64; 6], Option<Served>),
+    policy: &AgentPolicy,
     reward_noise: f64,
 ) -> LoggedEpisode {
     let task = task(rng, false);
