@@ -87,6 +87,9 @@ apo_min_new_episodes = {apo_min}
 rl_min_new_decisions = 0
 [api]
 listen = "127.0.0.1:{port}"
+[otlp]
+http_listen = ""
+grpc_listen = ""
 "#
             ),
         )

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod ingest;
 pub mod llm;
+pub mod otlp;
 pub mod plugin;
 pub mod registry;
 pub mod rl;

@@ -41,6 +41,8 @@ pub struct ApoConfig {
     pub min_train_examples: usize,
     /// Fewest validation examples: the split holds out at least this many.
     pub min_validation_examples: usize,
+    /// Most examples a run uses; more are sampled down, stratified by kind.
+    pub max_examples: usize,
     /// File listing the trace ids or inputs to hold out for validation.
     pub validation_ids_file: Option<PathBuf>,
     /// An episode's output is a reference answer when its reward is at least this.
@@ -123,6 +125,7 @@ impl Default for ApoConfig {
             validation_fraction: 0.3,
             min_train_examples: 4,
             min_validation_examples: 5,
+            max_examples: 60,
             validation_ids_file: None,
             reference_min_reward: 0.5,
             budget: BudgetConfig::default(),
@@ -201,6 +204,7 @@ impl ApoConfig {
         }
         check.at_least("min_train_examples", self.min_train_examples, 1);
         check.at_least("min_validation_examples", self.min_validation_examples, 1);
+        check.at_least("max_examples", self.max_examples, 2);
         check.in_range(
             "reference_min_reward",
             self.reference_min_reward,

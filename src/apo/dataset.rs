@@ -14,6 +14,12 @@
 //! are held out, so the split depends only on the set of episodes, never on
 //! their order. The user can pin the validation side instead: a file listing
 //! trace ids or inputs, one per line.
+//!
+//! A run replays every example for every candidate, so the number of
+//! examples sets the cost of a candidate. Beyond `max_examples`, a sample of
+//! that size is used, drawn the same way as the validation side (stratified
+//! by kind, lowest hash of the trace id first): the same episodes stay in it
+//! from one run to the next, so the evaluation cache keeps paying off.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +67,9 @@ pub struct DatasetSpec<'a> {
     pub reference_min_reward: f64,
     /// Drop examples without a reference (the exact/F1 scorers need one).
     pub require_reference: bool,
+    /// Most examples used; more are sampled down (module docs). Pinned
+    /// validation examples are always kept.
+    pub max_examples: usize,
 }
 
 impl Dataset {
@@ -91,8 +100,29 @@ impl Dataset {
             }
             examples.push(example);
         }
+        let usable = examples.len();
+        let (examples, sampled) = match spec.pinned {
+            Some(pinned) => {
+                let (pinned_idx, _) = pinned_split(&examples, pinned)?;
+                let (kept, rest): (Vec<_>, Vec<_>) = examples
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(idx, _)| pinned_idx.contains(idx));
+                let rest: Vec<Example> = rest.into_iter().map(|(_, e)| e).collect();
+                let room = spec.max_examples.saturating_sub(kept.len());
+                let mut kept: Vec<Example> = kept.into_iter().map(|(_, e)| e).collect();
+                kept.extend(sample(rest, room));
+                let sampled = kept.len() < usable;
+                (kept, sampled)
+            }
+            None => {
+                let kept = sample(examples, spec.max_examples);
+                let sampled = kept.len() < usable;
+                (kept, sampled)
+            }
+        };
         let n = examples.len();
-        let (held_out, split) = match spec.pinned {
+        let (held_out, mut split) = match spec.pinned {
             Some(pinned) => pinned_split(&examples, pinned)?,
             None => {
                 let wanted = ((spec.validation_fraction * n as f64).round() as usize)
@@ -101,6 +131,11 @@ impl Dataset {
                 stratified_split(&examples, wanted)
             }
         };
+        if sampled {
+            split = format!(
+                "a sample of {n} of {usable} examples (apo.max_examples), stratified like the split; {split}"
+            );
+        }
         let mut dataset = Dataset {
             train: Vec::new(),
             validation: Vec::new(),
@@ -170,6 +205,20 @@ fn pinned_split(
         keys.len()
     );
     Ok((held_out, split))
+}
+
+/// At most `wanted` of `examples`, chosen like the validation side.
+fn sample(examples: Vec<Example>, wanted: usize) -> Vec<Example> {
+    if examples.len() <= wanted {
+        return examples;
+    }
+    let (chosen, _) = stratified_split(&examples, wanted);
+    examples
+        .into_iter()
+        .enumerate()
+        .filter(|(idx, _)| chosen.contains(idx))
+        .map(|(_, example)| example)
+        .collect()
 }
 
 /// Indices of `wanted` examples held out, stratified by kind (module docs).
@@ -363,6 +412,7 @@ mod tests {
             pinned: None,
             reference_min_reward: 0.5,
             require_reference,
+            max_examples: usize::MAX,
         }
     }
 
@@ -494,6 +544,48 @@ mod tests {
         let bad = examples.iter().find(|e| e.id == "bad").unwrap();
         assert_eq!(bad.reference, None);
         assert_eq!(bad.reward, Some(0.1));
+    }
+
+    #[test]
+    fn beyond_max_examples_a_stable_sample_covering_every_kind_is_used() {
+        let tools = ["weather", "orders", "docs", "calculator"];
+        let episodes: Vec<Episode> = (0..200)
+            .map(|idx| with_tool(&format!("t{idx}"), tools[idx % 7 % tools.len()]))
+            .collect();
+        let spec = DatasetSpec {
+            max_examples: 30,
+            ..spec(false)
+        };
+        let data = Dataset::build(&episodes, &spec).unwrap();
+        assert_eq!((data.train.len(), data.validation.len()), (21, 9));
+        assert!(data.split.contains("30 of 200 examples"), "{}", data.split);
+        let kinds: BTreeSet<&str> = data.train.iter().map(|e| e.stratum.as_str()).collect();
+        assert_eq!(kinds.len(), 4, "{:?}", data.train);
+        // More episodes later: most of the sample (and its cache) stays.
+        let mut more = episodes.clone();
+        more.extend((200..220).map(|idx| with_tool(&format!("t{idx}"), "weather")));
+        let later = Dataset::build(&more, &spec).unwrap();
+        let ids = |d: &Dataset| -> BTreeSet<String> {
+            d.train
+                .iter()
+                .chain(&d.validation)
+                .map(|e| e.id.clone())
+                .collect()
+        };
+        assert!(ids(&data).intersection(&ids(&later)).count() >= 25);
+        // Pinned examples are always kept.
+        let pinned = vec!["t199".to_string()];
+        let data = Dataset::build(
+            &episodes,
+            &DatasetSpec {
+                pinned: Some(&pinned),
+                ..spec
+            },
+        )
+        .unwrap();
+        assert_eq!(data.validation.len(), 1);
+        assert_eq!(data.validation[0].id, "t199");
+        assert_eq!(data.train.len(), 29);
     }
 
     #[test]

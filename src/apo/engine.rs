@@ -438,6 +438,7 @@ async fn search(
             pinned: pinned.as_deref(),
             reference_min_reward: cfg.reference_min_reward,
             require_reference: matches!(scorer, Scorer::ExactMatch | Scorer::F1),
+            max_examples: cfg.max_examples,
         },
     )?;
     progress(ProgressEvent::DatasetReady {

@@ -41,6 +41,7 @@ pub use llm::LlmConfig;
 pub use traces::TracesConfig;
 pub use validate::{Checker, Invalid};
 
+use crate::otlp::OtlpConfig;
 use crate::plugin::PluginsConfig;
 use crate::registry::RegistryConfig;
 use crate::rl::RlConfig;
@@ -67,6 +68,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Sandboxed WebAssembly plugins.
     pub plugins: PluginsConfig,
+    /// The daemon's OTLP/HTTP and OTLP/gRPC trace receivers.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             registry: RegistryConfig::default(),
             plugins: PluginsConfig::default(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl Config {
         check.section("api", |check| self.api.validate(check));
         check.section("registry", |check| self.registry.validate(check));
         check.section("plugins", |check| self.plugins.validate(check));
+        check.section("otlp", |check| self.otlp.validate(check));
         check.finish()
     }
 

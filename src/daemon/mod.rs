@@ -19,6 +19,7 @@
 //! retried with backoff; the daemon keeps running.
 
 mod reload;
+mod report;
 mod rounds;
 pub mod status;
 mod triggers;
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::otlp;
 use crate::plugin::PluginSet;
 use crate::registry::{self, Decision, Lineage, PromptRegistry};
 use crate::store::{NewRound, Store, now_unix_ms};
@@ -109,6 +111,8 @@ struct Daemon {
     cancel: watch::Sender<bool>,
     _watcher: Option<notify::RecommendedWatcher>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    /// The OTLP receivers, when on.
+    otlp: Option<otlp::Receiver>,
     /// Rounds interrupted by a crash, to run again first.
     resume: Vec<RoundJob>,
 }
@@ -135,7 +139,12 @@ impl Daemon {
         // The ingest thread owns a store connection of its own.
         let (ingest_jobs, ingest_rx) = std::sync::mpsc::channel::<IngestOptions>();
         let mut ingest_store = Store::open(&config.data_dir)?;
-        let traces_dir = config.traces.dir.clone();
+        // Spans the OTLP receivers made durable are read from their spool
+        // like any trace file.
+        let spool_dir = otlp::spool_dir(&config.data_dir);
+        std::fs::create_dir_all(&spool_dir)
+            .with_context(|| format!("creating {}", spool_dir.display()))?;
+        let ingest_paths = [config.traces.dir.clone(), spool_dir.clone()];
         let ingest_events = events_tx.clone();
         std::thread::Builder::new()
             .name("ingest".into())
@@ -143,10 +152,14 @@ impl Daemon {
                 for options in ingest_rx {
                     let report = ingest::ingest_paths(
                         &mut ingest_store,
-                        std::slice::from_ref(&traces_dir),
+                        &ingest_paths,
                         &options,
                         &mut |_| {},
                     )
+                    .and_then(|report| {
+                        otlp::remove_ingested(&mut ingest_store, &spool_dir)?;
+                        Ok(report)
+                    })
                     .map_err(|err| format!("{:#}", anyhow::Error::from(err)));
                     if ingest_events
                         .blocking_send(Event::Ingested(report))
@@ -158,6 +171,7 @@ impl Daemon {
             })?;
 
         let (change_tx, mut change_rx) = mpsc::channel(16);
+        let spooled = change_tx.clone();
         let watcher = if config.daemon.watch_events && !options.once {
             match watcher::watch(
                 &config.traces.dir,
@@ -188,6 +202,20 @@ impl Daemon {
         } else {
             Some(api::serve(&config.api, Arc::clone(&shared)).await?)
         };
+        let otlp = if options.once {
+            None
+        } else {
+            let token = otlp::Token {
+                env: &config.api.token_env,
+                value: std::env::var(&config.api.token_env)
+                    .ok()
+                    .filter(|token| !token.is_empty()),
+            };
+            let appended = Box::new(move || {
+                let _ = spooled.try_send(Change::Traces);
+            });
+            otlp::Receiver::start(&config.otlp, &config.data_dir, token, appended).await?
+        };
         let resume = interrupted_rounds(&store)?;
         let registry = PromptRegistry::open(&config.data_dir, config.registry.clone(), "daemon")?;
         let plugins = Arc::new(config.plugins.open(&config.data_dir)?);
@@ -212,6 +240,7 @@ impl Daemon {
             cancel,
             _watcher: watcher,
             api_task,
+            otlp,
             resume,
         })
     }
@@ -338,11 +367,17 @@ impl Daemon {
                             for line in &result.details {
                                 writeln!(out, "  {line}")?;
                             }
-                            writeln!(out, "  outputs: {}", round_dir.display())?;
                         }
                         Err(err) => writeln!(out, "{} round {id} failed: {err}", kind.as_str())?,
                     }
+                    let succeeded = result.is_ok();
                     self.round_ended(kind, id, result)?;
+                    if succeeded && kind == RoundKind::Apo {
+                        writeln!(out, "  {}", self.registered_by(id))?;
+                    }
+                    if succeeded {
+                        writeln!(out, "  outputs: {}", round_dir.display())?;
+                    }
                     match planned.pop() {
                         Some(kind) => self.launch_new(kind, "daemon --once")?,
                         None => break,
@@ -363,6 +398,23 @@ impl Daemon {
             anyhow::bail!("{failed} round(s) failed (listed above)");
         }
         Ok(())
+    }
+
+    /// What the registry holds from APO round `id`, in one line.
+    fn registered_by(&self, id: i64) -> String {
+        let prompt = &self.config.apo.target_prompt;
+        match self.registry.store().prompt_versions(prompt) {
+            Ok(versions) => match versions.iter().find(|v| v.round_id == Some(id)) {
+                Some(version) => format!(
+                    "registered: prompt `{prompt}` version {} labelled `{}` (`whetstone prompts show {prompt} {}`)",
+                    version.version,
+                    registry::CANDIDATE,
+                    version.version
+                ),
+                None => format!("registered: nothing (the baseline of `{prompt}` stays)"),
+            },
+            Err(err) => format!("registered: unknown, the registry cannot be read ({err})"),
+        }
     }
 
     fn request_ingest(&mut self, finalize: bool) {
@@ -742,6 +794,9 @@ impl Daemon {
         let _ = self.cancel.send(true);
         if let Some(task) = self.api_task.take() {
             task.abort();
+        }
+        if let Some(receiver) = self.otlp.take() {
+            receiver.shutdown().await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.running.is_empty() || self.ingest_busy {

@@ -44,6 +44,10 @@ pub fn reload(file: &Path, running: &Config) -> Reload {
         restart_required.push("api".to_string());
         edited.api = running.api.clone();
     }
+    if edited.otlp != running.otlp {
+        restart_required.push("otlp".to_string());
+        edited.otlp = running.otlp.clone();
+    }
     Reload::Applied {
         config: Box::new(edited),
         restart_required,

@@ -190,11 +190,7 @@ fn run_apo(
         ),
         None => format!("validation reward {}", summary.validation),
     };
-    let details = vec![format!(
-        "best prompt ({}): {}",
-        summary.best_variant_id,
-        summary.best_prompt.lines().next().unwrap_or_default()
-    )];
+    let details = super::report::apo_details(&summary, config.apo.budget.max_llm_calls);
     Ok(RoundResult {
         candidate,
         details,

@@ -103,11 +103,10 @@ pub async fn endpoint_unreachable(llm: &LlmConfig) -> Option<String> {
     match client.get(&url).send().await {
         Ok(_) => None,
         Err(err) => Some(format!(
-            "no LLM endpoint answers at llm.base_url = {} ({}); set it to an \
-             OpenAI-compatible API: https://api.openai.com/v1 (with OPENAI_API_KEY), \
-             Ollama http://127.0.0.1:11434/v1, or vLLM http://127.0.0.1:8000/v1",
+            "no LLM endpoint answers at llm.base_url = {} ({}); {}",
             llm.base_url,
-            root_cause(&err)
+            root_cause(&err),
+            super::report::POINT_AT_A_MODEL
         )),
     }
 }

@@ -95,6 +95,14 @@ impl Store {
         )
     }
 
+    /// Forgets the cursor of `path` (a file about to be deleted, so that a
+    /// new file there, or one reusing its inode, is read from the start).
+    pub fn forget_cursor(&mut self, path: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM file_cursors WHERE path = ?1", [path])?;
+        Ok(())
+    }
+
     /// Moves cursors to the paths their files were renamed to, all in one
     /// transaction: each `(cursor, new_path)` leaves `cursor.path` (a file
     /// found there later is a new one) and is stored under `new_path`.

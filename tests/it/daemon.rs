@@ -94,6 +94,10 @@ retry_backoff_secs = 1
 
 [api]
 listen = "127.0.0.1:{port}"
+
+[otlp]
+http_listen = ""
+grpc_listen = ""
 {extra}"#,
             base_url = self.base_url,
             port = self.port,

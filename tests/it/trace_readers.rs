@@ -347,6 +347,61 @@ fn agent_lightning_annotation_rewards() {
     assert_eq!(e.input.as_deref(), Some("hi"));
 }
 
+/// `gen_ai.evaluation.result` events (GenAI conventions) are rewards: final
+/// on the agent span, a step's on the step's span; one without a numeric
+/// score is none. The bundled sample relies on this.
+#[test]
+fn genai_evaluation_result_events_are_rewards() {
+    let event = |name: &str, score: Option<Value>| {
+        let mut attributes = vec![
+            attr("gen_ai.evaluation.name", json!(name)),
+            attr("gen_ai.evaluation.score.label", json!("pass")),
+            attr(
+                "gen_ai.evaluation.explanation",
+                json!("Uses the tool result."),
+            ),
+        ];
+        attributes.extend(score.map(|s| attr("gen_ai.evaluation.score.value", s)));
+        json!({"timeUnixNano": "1700000000900000000", "name": "gen_ai.evaluation.result",
+            "attributes": attributes})
+    };
+    let mut root = span(
+        "00000000000000a1",
+        "",
+        "invoke_agent Controller",
+        0,
+        &[("gen_ai.operation.name", json!("invoke_agent"))],
+        false,
+    );
+    root["events"] = json!([
+        event("answer_quality", Some(json!(0.85))),
+        event("tone", None),
+        event("relevance", Some(json!("0.5"))),
+    ]);
+    let mut tool = span(
+        "00000000000000a2",
+        "00000000000000a1",
+        "execute_tool search",
+        1,
+        &[("gen_ai.operation.name", json!("execute_tool"))],
+        false,
+    );
+    tool["events"] = json!([event("tool_relevance", Some(json!(1)))]);
+    let e = &episodes(&[request(vec![tool, root])])[0];
+    assert_eq!(
+        e.rewards,
+        [
+            ("answer_quality".to_string(), 0.85),
+            ("relevance".to_string(), 0.5)
+        ]
+        .into()
+    );
+    assert_eq!(
+        e.steps[0].rewards,
+        [("tool_relevance".to_string(), 1.0)].into()
+    );
+}
+
 #[test]
 fn agent_span_that_failed_under_an_ok_wrapper_makes_an_error_episode() {
     // Issue 11: agent-lightning wraps the agent's `invoke_agent` span in its

@@ -2,17 +2,16 @@
 
 mod synthetic;
 
-// Shared with benches/rl_vs_bandit.rs, which uses the parts tests do not.
+// Shared with benches/rl_vs_bandit.rs, which uses the parts tests do not,
+// and with the first run's sample (`first_run::sample`).
 #[allow(dead_code)]
-mod world;
+pub mod world;
 
 mod learning;
 
 mod checkpoint;
 
 mod cli;
-
-mod samples;
 
 mod online;
 

@@ -466,6 +466,7 @@ pub fn controller_dataset(n: usize) -> whetstone::apo::Dataset {
             pinned: None,
             reference_min_reward: 0.5,
             require_reference: true,
+            max_examples: usize::MAX,
         },
     )
     .unwrap()
