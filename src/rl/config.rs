@@ -133,7 +133,7 @@ impl Default for RlConfig {
             max_grad_norm: 0.5,
             learning_rate: 3e-3,
             adam_eps: 1e-5,
-            target_kl: Some(0.03),
+            target_kl: Some(0.1),
             iterations_per_run: 30,
             hidden_dim: 64,
             text_hash_dim: 1024,

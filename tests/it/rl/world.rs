@@ -421,7 +421,7 @@ pub struct LoggedDecision {
 
 /// An agent's decision rule: action probabilities in a state, and what the
 /// served policy said when it decided.
-pub type AgentPolicy = dyn Fn(&str, Obs) -> ([f64; 6], Option<Served>);
+pub type AgentPolicy<'a> = dyn Fn(&str, Obs) -> ([f64; 6], Option<Served>) + 'a;
 
 /// What `/v1/policy/act` (or `rl::ServedPolicy`) said about a decision.
 #[derive(Debug, Clone, PartialEq)]
@@ -453,11 +453,7 @@ pub fn simulate(rng: &mut Rng) -> LoggedEpisode {
 /// its version and decision id (logged with the decision). The final
 /// reward gets uniform noise in ±`reward_noise` (its mean is unchanged, so
 /// the true values are too).
-pub fn simulate_with(
-    rng: &mut Rng,
-    policy: &AgentPolicy,
-    reward_noise: f64,
-) -> LoggedEpisode {
+pub fn simulate_with(rng: &mut Rng, policy: &AgentPolicy<'_>, reward_noise: f64) -> LoggedEpisode {
     let task = task(rng, false);
     let mut obs = Obs::START;
     let mut decisions = Vec::new();
