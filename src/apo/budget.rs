@@ -12,7 +12,7 @@
 //! while it is, the search sees the caps lowered by the reserve, and
 //! [`Budget::release_reserve`] hands it back for the phase it was kept for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Semaphore;
 
@@ -28,6 +28,8 @@ pub struct Budget {
     reserved_calls: AtomicU64,
     reserved_tokens: AtomicU64,
     in_flight: Semaphore,
+    /// Set by [`stop`](Self::stop): no further call or retry is admitted.
+    stopped: AtomicBool,
 }
 
 /// Why a budgeted call produced no reply.
@@ -50,6 +52,7 @@ impl Budget {
             reserved_calls: AtomicU64::new(0),
             reserved_tokens: AtomicU64::new(0),
             in_flight: Semaphore::new(max_in_flight.max(1)),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -102,8 +105,17 @@ impl Budget {
         self.tokens.load(Ordering::SeqCst)
     }
 
+    /// Admits no further call or retry, whatever the caps; calls waiting
+    /// for a slot are refused when they get one.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
     /// Counts one attempt if the call cap has room.
     fn admit(&self) -> bool {
+        if self.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
         let cap = self.call_cap();
         self.calls
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |calls| {
@@ -119,6 +131,9 @@ impl Budget {
             .acquire()
             .await
             .expect("semaphore never closed");
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(CallError::Budget("the run stopped spending"));
+        }
         if self.tokens.load(Ordering::SeqCst) >= self.token_cap() {
             return Err(CallError::Budget("apo.budget.max_tokens reached"));
         }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::operators::MetaPrompt;
 use super::plugins::OPERATOR_PREFIX;
+use super::replies::ReplyConfig;
 use crate::config::{Checker, Invalid};
 
 /// Settings for one APO run.
@@ -68,6 +69,9 @@ pub struct ApoConfig {
     pub plugin_score_weight: f64,
     /// Token cap for each task-model response.
     pub max_response_tokens: u32,
+    /// Output limits of the rewriter's and the judge's replies, and when to
+    /// stop paying for unusable ones.
+    pub replies: ReplyConfig,
 }
 
 /// Budget caps; a run stops starting new calls once one is reached.
@@ -140,6 +144,7 @@ impl Default for ApoConfig {
             scorer: ScorerConfig::LlmJudge { rubric_file: None },
             plugin_score_weight: 0.0,
             max_response_tokens: 512,
+            replies: ReplyConfig::default(),
         }
     }
 }
@@ -214,6 +219,7 @@ impl ApoConfig {
             check.at_least("max_llm_calls", self.budget.max_llm_calls, 1);
             check.at_least("max_tokens", self.budget.max_tokens, 1);
         });
+        check.section("replies", |check| self.replies.check(check));
         check.section("operator_weights", |check| {
             for (name, weight) in &self.operator_weights {
                 let plugin = name

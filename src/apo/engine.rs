@@ -49,6 +49,7 @@ use super::mutate;
 use super::operators::{Failure, MetaPrompt, MetaPrompts, Rewrite, Rewriter};
 use super::output;
 use super::plugins::{self, PluginScorer};
+use super::replies::{ReplyMonitor, ReplyReport};
 use super::select::{self, Paired, ScoreMap};
 use crate::llm::LlmClient;
 use crate::plugin::Plugins;
@@ -239,6 +240,9 @@ pub struct ApoSummary {
     pub failed_calls: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// What the models sent back: output limits, replies cut at them and
+    /// unusable replies, by role and model.
+    pub replies: ReplyReport,
     pub cache_hits: u64,
     pub wall_time_secs: f64,
     pub stop_reason: String,
@@ -469,15 +473,17 @@ async fn search(
         (cfg.finalists as u64 + 1) * dataset.validation.len() as u64 * calls_per_example;
     budget.reserve(reserved_calls, 0);
     let scorer_description = describe_scorer(&scorer, plugin_scorer.as_ref());
+    let replies = ReplyMonitor::new(&cfg.replies, cfg.max_prompt_chars, &budget);
     let evaluator = Evaluator::new(llm, &budget, conn, scorer, cfg.max_response_tokens)
-        .with_plugins(plugin_scorer);
-    let rewriter = Rewriter::new(llm, &budget, conn, &meta);
+        .with_plugins(plugin_scorer)
+        .with_replies(&replies);
+    let rewriter = Rewriter::new(llm, &budget, conn, &meta, &replies);
     let flush_ledger = || -> anyhow::Result<()> {
         cache::append_ledger(conn, run_id, &llm.take_records())
             .context("writing the LLM call ledger")
     };
     let fail_if_unreachable = || -> anyhow::Result<()> {
-        match llm.unreachable() {
+        match llm.unreachable().or_else(|| replies.stop_error()) {
             Some(reason) => Err(anyhow::anyhow!(reason)),
             None => Ok(()),
         }
@@ -525,11 +531,14 @@ async fn search(
     fail_if_unreachable()?;
     variants[0].add_scores(outcome.into_iter().next().unwrap_or_default());
     if variants[0].mean.is_none() {
+        let unusable = replies.report("", 0).warnings();
         anyhow::bail!(
             "could not score the baseline on any training example: {}",
-            budget
-                .exhausted()
-                .unwrap_or("every replay failed; see the warnings and the LLM call ledger")
+            match budget.exhausted() {
+                _ if !unusable.is_empty() => unusable.join("; "),
+                Some(reason) => reason.to_string(),
+                None => "every replay failed; see the warnings and the LLM call ledger".to_string(),
+            }
         );
     }
     variants[0].status = if variants[0].scores.len() == train.len() {
@@ -631,6 +640,12 @@ async fn search(
                 bandit.fail(plan.arm, 0);
                 continue;
             };
+            // An unusable reply (counted by the reply monitor) is no child,
+            // not even once the baseline's prohibitions are put back into it.
+            if text.trim().is_empty() {
+                bandit.fail(plan.arm, paid_calls);
+                continue;
+            }
             // A prohibition the rewrite dropped is put back, word for word.
             let mut text = text.trim_end().to_string();
             let restored: Vec<String> = guardrails
@@ -642,8 +657,8 @@ async fn search(
             for prohibition in &restored {
                 text = mutate::insert_instruction(&text, prohibition, &mut rng);
             }
-            if text.trim().is_empty() || !seen.insert(guardrails::normalize(&text)) {
-                duplicates += u64::from(!text.trim().is_empty());
+            if !seen.insert(guardrails::normalize(&text)) {
+                duplicates += 1;
                 bandit.fail(plan.arm, paid_calls);
                 continue;
             }
@@ -927,6 +942,8 @@ async fn search(
     let stats = llm.stats();
     let attempts = |role: usize| stats.attempts_by_role[role] - stats_before.attempts_by_role[role];
     let eval_stats = evaluator.stats();
+    let replies = replies.report(llm.limit_field().as_str(), baseline.text.chars().count());
+    warnings.extend(replies.warnings());
     let count = |status: VariantStatus| variants.iter().filter(|v| v.status == status).count();
     Ok(ApoSummary {
         run_id: run_id.to_string(),
@@ -957,6 +974,7 @@ async fn search(
         failed_calls: stats.failed_requests - stats_before.failed_requests,
         tokens_in: stats.usage.input_tokens - stats_before.usage.input_tokens,
         tokens_out: stats.usage.output_tokens - stats_before.usage.output_tokens,
+        replies,
         cache_hits: eval_stats.cache_hits + rewriter.cache_hits(),
         wall_time_secs: started.elapsed().as_secs_f64(),
         stop_reason,

@@ -17,6 +17,7 @@ use super::budget::{Budget, CallError};
 use super::cache::{self, CachedEval, EvalKey};
 use super::dataset::Example;
 use super::plugins::{PluginScorer, Replay};
+use super::replies::{self, ReplyMonitor};
 use crate::llm::{ChatRequest, LlmClient, Role};
 use crate::trace::{Message, TokenUsage};
 
@@ -104,8 +105,12 @@ pub struct Evaluator<'a> {
     pub max_response_tokens: u32,
     params_hash: String,
     plugins: Option<PluginScorer>,
+    replies: Option<&'a ReplyMonitor<'a>>,
     stats: RefCell<EvalStats>,
 }
+
+/// A judge's verdict limit when no [`ReplyMonitor`] sets one.
+const JUDGE_MAX_TOKENS: u32 = 256;
 
 enum PairResult {
     Scored(ExampleScore, TokenUsage),
@@ -146,8 +151,21 @@ impl<'a> Evaluator<'a> {
             max_response_tokens,
             params_hash: cache::hash_text(&params),
             plugins: None,
+            replies: None,
             stats: RefCell::new(EvalStats::default()),
         }
+    }
+
+    /// Counts the task's and the judge's replies in `replies` and takes the
+    /// judge's output limit from it.
+    pub fn with_replies(mut self, replies: &'a ReplyMonitor<'a>) -> Self {
+        self.params_hash = cache::hash_text(&format!(
+            "{}|judge_max_tokens={}",
+            self.params_hash,
+            replies.judge_max_tokens()
+        ));
+        self.replies = Some(replies);
+        self
     }
 
     /// Blends the reward plugins' score into every score (see
@@ -323,6 +341,12 @@ impl<'a> Evaluator<'a> {
             }
             Err(CallError::Llm(err)) => return PairResult::Failed(err.to_string()),
         };
+        if let Some(replies) = self.replies {
+            // The task's replies are what is being scored, never unusable;
+            // they are counted for their cuts at the limit.
+            let model = self.llm.model(Role::Task);
+            replies.record(Role::Task, model, &reply.text, reply.cut_at_limit, Ok(()));
+        }
         let mut usage = reply.usage;
         let mut paid_calls = u64::from(reply.attempts);
         let mut feedback = None;
@@ -351,7 +375,10 @@ impl<'a> Evaluator<'a> {
                         role: "user".to_string(),
                         content: text,
                     }],
-                    max_tokens: Some(256),
+                    max_tokens: Some(
+                        self.replies
+                            .map_or(JUDGE_MAX_TOKENS, ReplyMonitor::judge_max_tokens),
+                    ),
                 };
                 self.stats.borrow_mut().judge_calls += 1;
                 let verdict = match self.budget.chat(self.llm, &judge_request).await {
@@ -364,14 +391,25 @@ impl<'a> Evaluator<'a> {
                 };
                 usage.add(verdict.usage);
                 paid_calls += u64::from(verdict.attempts);
-                match parse_judge_score(&verdict.text) {
-                    Some(score) => {
+                let checked = replies::check_verdict(&verdict.text, verdict.cut_at_limit);
+                if let Some(replies) = self.replies {
+                    replies.record(
+                        Role::Judge,
+                        self.llm.model(Role::Judge),
+                        &verdict.text,
+                        verdict.cut_at_limit,
+                        checked.map(|_| ()),
+                    );
+                }
+                match checked {
+                    Ok(score) => {
                         feedback = Some(verdict.text);
                         score
                     }
-                    None => {
+                    Err(kind) => {
                         return PairResult::Failed(format!(
-                            "judge reply has no `SCORE: <0-10>`: {:.120}",
+                            "judge reply is unusable ({}): {:.120}",
+                            kind.as_str(),
                             verdict.text
                         ));
                     }

@@ -16,6 +16,7 @@ mod mutate;
 mod operators;
 mod output;
 mod plugins;
+mod replies;
 mod select;
 
 pub use crate::rng::Rng;
@@ -31,6 +32,9 @@ pub use evaluate::{
 };
 pub use guardrails::Guardrails;
 pub use mutate::{add_constraint, add_emphasis, add_example, reorder_instructions, simplify};
-pub use operators::{MetaPrompt, MetaPrompts, Rewrite, Rewriter, extract_prompt};
+pub use operators::{MetaPrompt, MetaPrompts, Rewrite, Rewriter};
 pub use plugins::{OPERATOR_PREFIX, PluginScorer};
+pub use replies::{
+    ReplyConfig, ReplyMonitor, ReplyReport, RoleReplies, Unusable, check_rewrite, check_verdict,
+};
 pub use select::{Paired, ScoreMap, dominates, frontier};

@@ -10,9 +10,11 @@
 //! files in `prompts/`); `apo.meta_prompt_dir` and `apo.scorer.rubric_file`
 //! may point to overrides. Placeholders are written `{{name}}` so they never
 //! clash with the target prompt's own `{placeholders}`. The rewriter is asked
-//! to wrap its prompt in `<prompt>...</prompt>`; without the tags the whole
-//! reply is taken. Replies are cached in the store by request, model and
-//! sampling settings.
+//! to wrap its prompt in `<prompt>...</prompt>`; a reply without the tags
+//! (when the meta-prompt asks for them), empty, looping or echoing the
+//! request is no candidate, and is counted by [`super::replies`]. Every
+//! request carries an output limit from there. Replies are cached in the
+//! store by request, output limit, model and sampling settings.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -22,6 +24,7 @@ use rusqlite::Connection;
 
 use super::budget::{Budget, CallError};
 use super::cache;
+use super::replies::{self, ReplyMonitor};
 use crate::llm::{ChatRequest, LlmClient, Role};
 use crate::trace::Message;
 
@@ -146,6 +149,8 @@ pub struct Failure {
 /// A rewriter's reply and the calls paid for it (cache hits are free).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rewrite {
+    /// The new prompt; empty when the reply was unusable (the
+    /// [`ReplyMonitor`] has counted why).
     pub text: String,
     pub paid_calls: u64,
 }
@@ -156,6 +161,7 @@ pub struct Rewriter<'a> {
     budget: &'a Budget,
     conn: &'a Connection,
     meta: &'a MetaPrompts,
+    replies: &'a ReplyMonitor<'a>,
     params_hash: String,
     cache_hits: Cell<u64>,
 }
@@ -167,6 +173,7 @@ impl<'a> Rewriter<'a> {
         budget: &'a Budget,
         conn: &'a Connection,
         meta: &'a MetaPrompts,
+        replies: &'a ReplyMonitor<'a>,
     ) -> Self {
         let settings = llm.config();
         let params_hash = cache::hash_text(&format!(
@@ -178,6 +185,7 @@ impl<'a> Rewriter<'a> {
             budget,
             conn,
             meta,
+            replies,
             params_hash,
             cache_hits: Cell::new(0),
         }
@@ -188,14 +196,19 @@ impl<'a> Rewriter<'a> {
         self.cache_hits.get()
     }
 
-    /// The reply to `content`, and whether a call was paid for it.
-    async fn ask(&self, content: String) -> Result<(String, u64), CallError> {
+    /// The reply to `content` (at most `max_tokens` long), the calls paid
+    /// for it, and whether the server cut it at that limit.
+    async fn ask(&self, content: String, max_tokens: u32) -> Result<Asked, CallError> {
         let model = self.llm.model(Role::Rewriter);
-        let request_hash = cache::hash_text(&content);
+        let request_hash = cache::hash_text(&format!("{content}\0max_tokens={max_tokens}"));
         match cache::get_rewrite(self.conn, &request_hash, model, &self.params_hash) {
-            Ok(Some(reply)) => {
+            Ok(Some(text)) => {
                 self.cache_hits.set(self.cache_hits.get() + 1);
-                return Ok((reply, 0));
+                return Ok(Asked {
+                    text,
+                    paid_calls: 0,
+                    cut_at_limit: false,
+                });
             }
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "APO rewrite cache lookup failed"),
@@ -206,7 +219,7 @@ impl<'a> Rewriter<'a> {
                 role: "user".to_string(),
                 content,
             }],
-            max_tokens: None,
+            max_tokens: Some(max_tokens),
         };
         let reply = self.budget.chat(self.llm, &request).await?;
         if let Err(err) = cache::put_rewrite(
@@ -218,7 +231,35 @@ impl<'a> Rewriter<'a> {
         ) {
             tracing::warn!(error = %err, "APO rewrite cache write failed");
         }
-        Ok((reply.text, u64::from(reply.attempts)))
+        Ok(Asked {
+            text: reply.text,
+            paid_calls: u64::from(reply.attempts),
+            cut_at_limit: reply.cut_at_limit,
+        })
+    }
+
+    /// Asks for a rewrite made from `template` and checks the reply.
+    async fn rewrite(
+        &self,
+        template: &str,
+        content: String,
+        prompt_chars: usize,
+    ) -> Result<Rewrite, CallError> {
+        let asked = self
+            .ask(content, self.replies.rewrite_max_tokens(prompt_chars))
+            .await?;
+        let checked = replies::check_rewrite(&asked.text, template, asked.cut_at_limit);
+        self.replies.record(
+            Role::Rewriter,
+            self.llm.model(Role::Rewriter),
+            &asked.text,
+            asked.cut_at_limit,
+            checked.as_ref().map(|_| ()).map_err(|kind| *kind),
+        );
+        Ok(Rewrite {
+            text: checked.unwrap_or_default(),
+            paid_calls: asked.paid_calls,
+        })
     }
 
     /// Critiques `prompt` from its failures (responses, references and the
@@ -248,37 +289,55 @@ impl<'a> Rewriter<'a> {
             })
             .collect::<Vec<_>>()
             .join("\n\n");
-        let (critique, critique_calls) = self
+        let critique = self
             .ask(
                 self.meta
                     .critique
                     .replace("{{prompt}}", prompt)
                     .replace("{{failures}}", &failures_text),
+                self.replies.critique_max_tokens(),
             )
             .await?;
-        let (edited, edit_calls) = self
-            .ask(
+        // A critique cut at its limit still says something; an empty,
+        // looping or echoed one is not worth paying an edit for.
+        let checked = replies::check_text(&critique.text, &self.meta.critique);
+        self.replies.record(
+            Role::Rewriter,
+            self.llm.model(Role::Rewriter),
+            &critique.text,
+            critique.cut_at_limit,
+            checked,
+        );
+        if checked.is_err() {
+            return Ok(Rewrite {
+                text: String::new(),
+                paid_calls: critique.paid_calls,
+            });
+        }
+        let edited = self
+            .rewrite(
+                &self.meta.edit,
                 self.meta
                     .edit
                     .replace("{{prompt}}", prompt)
-                    .replace("{{critique}}", critique.trim()),
+                    .replace("{{critique}}", critique.text.trim()),
+                prompt.chars().count(),
             )
             .await?;
         Ok(Rewrite {
-            text: extract_prompt(&edited),
-            paid_calls: critique_calls + edit_calls,
+            text: edited.text,
+            paid_calls: critique.paid_calls + edited.paid_calls,
         })
     }
 
     /// Rewords `prompt` keeping every instruction.
     pub async fn paraphrase(&self, prompt: &str) -> Result<Rewrite, CallError> {
-        let (reply, paid_calls) = self
-            .ask(self.meta.paraphrase.replace("{{prompt}}", prompt))
-            .await?;
-        Ok(Rewrite {
-            text: extract_prompt(&reply),
-            paid_calls,
-        })
+        self.rewrite(
+            &self.meta.paraphrase,
+            self.meta.paraphrase.replace("{{prompt}}", prompt),
+            prompt.chars().count(),
+        )
+        .await
     }
 
     /// Combines two parents into one child; `strengths` says what each got
@@ -289,45 +348,29 @@ impl<'a> Rewriter<'a> {
         prompt_b: &str,
         strengths: &str,
     ) -> Result<Rewrite, CallError> {
-        let (reply, paid_calls) = self
-            .ask(
-                self.meta
-                    .crossover
-                    .replace("{{prompt_a}}", prompt_a)
-                    .replace("{{prompt_b}}", prompt_b)
-                    .replace("{{strengths}}", strengths),
-            )
-            .await?;
-        Ok(Rewrite {
-            text: extract_prompt(&reply),
-            paid_calls,
-        })
+        self.rewrite(
+            &self.meta.crossover,
+            self.meta
+                .crossover
+                .replace("{{prompt_a}}", prompt_a)
+                .replace("{{prompt_b}}", prompt_b)
+                .replace("{{strengths}}", strengths),
+            prompt_a.chars().count().max(prompt_b.chars().count()),
+        )
+        .await
     }
 }
 
-/// The text between the last `<prompt>` and the following `</prompt>`, or
-/// the whole reply (trimmed) when it has no such tags.
-pub fn extract_prompt(reply: &str) -> String {
-    if let Some(start) = reply.rfind("<prompt>") {
-        let body = &reply[start + "<prompt>".len()..];
-        let end = body.find("</prompt>").unwrap_or(body.len());
-        return body[..end].trim().to_string();
-    }
-    reply.trim().to_string()
+/// A reply as it came back.
+struct Asked {
+    text: String,
+    paid_calls: u64,
+    cut_at_limit: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn extracts_tagged_prompt_or_whole_reply() {
-        assert_eq!(
-            extract_prompt("Here it is:\n<prompt>\nBe brief.\n</prompt>\nDone."),
-            "Be brief."
-        );
-        assert_eq!(extract_prompt("  Be brief.  "), "Be brief.");
-    }
 
     /// Regression test for issue 8: the defaults need no file on disk.
     #[test]

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::validate::Checker;
+use crate::llm::limit_field::MaxTokensField;
 
 /// LLM endpoint settings. Defaults are documented in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,8 @@ pub struct LlmConfig {
     pub temperature: f64,
     /// Sampling seed passed to endpoints that support one.
     pub seed: Option<u64>,
+    /// Which request field carries the output-token limit.
+    pub max_tokens_field: MaxTokensField,
 }
 
 impl Default for LlmConfig {
@@ -47,6 +50,7 @@ impl Default for LlmConfig {
             judge_model: "gpt-4o-mini".to_owned(),
             temperature: 0.0,
             seed: None,
+            max_tokens_field: MaxTokensField::Auto,
         }
     }
 }

@@ -572,6 +572,10 @@ impl Daemon {
         self.running.remove(&kind);
         let mut status = self.shared.status_mut();
         status.running.remove(kind.as_str());
+        status.llm_max_tokens_fields = crate::llm::limit_field::learned()
+            .into_iter()
+            .map(|(endpoint, field)| (endpoint, field.to_string()))
+            .collect();
         match result {
             Ok(result) => {
                 tracing::info!(round = id, kind = kind.as_str(), "{}", result.headline);
@@ -582,6 +586,9 @@ impl Daemon {
                     .or_default() += 1;
                 status.llm_calls += result.llm_calls;
                 status.llm_tokens += result.llm_tokens;
+                if result.replies.is_some() {
+                    status.apo_replies = result.replies.clone();
+                }
                 if result.policy_version.is_some() {
                     status.policy_version = result.policy_version;
                 }

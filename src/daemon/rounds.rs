@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::apo::{self, ProgressEvent};
+use crate::apo::{self, ProgressEvent, ReplyReport};
 use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::plugin::Plugins;
@@ -81,6 +81,8 @@ pub struct RoundResult {
     pub llm_calls: u64,
     pub llm_tokens: u64,
     pub policy_version: Option<u64>,
+    /// What an APO round's models sent back, for `/v1/status`.
+    pub replies: Option<ReplyReport>,
     /// What an APO round found, for the prompt registry.
     pub candidate: Option<Candidate>,
 }
@@ -190,7 +192,8 @@ fn run_apo(
         ),
         None => format!("validation reward {}", summary.validation),
     };
-    let details = super::report::apo_details(&summary, config.apo.budget.max_llm_calls);
+    let mut details = super::report::apo_details(&summary, config.apo.budget.max_llm_calls);
+    details.extend(summary.replies.warnings());
     Ok(RoundResult {
         candidate,
         details,
@@ -201,6 +204,7 @@ fn run_apo(
         llm_calls: summary.llm_calls,
         llm_tokens: summary.tokens_in + summary.tokens_out,
         policy_version: None,
+        replies: Some(summary.replies.clone()),
         summary: serde_json::to_string(&summary)?,
     })
 }
@@ -296,6 +300,7 @@ fn run_rl(
         llm_calls: 0,
         llm_tokens: 0,
         policy_version: Some(report.promotion.policy_version),
+        replies: None,
         candidate: None,
         summary: serde_json::to_string(&report)?,
     })

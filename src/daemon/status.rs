@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::apo::ReplyReport;
 use crate::ingest::IngestReport;
 
 /// A snapshot of the daemon's state, as `/v1/status` shows it.
@@ -38,6 +39,12 @@ pub struct Status {
     pub llm_tokens: u64,
     /// Version of the promoted policy, once one exists.
     pub policy_version: Option<u64>,
+    /// What the models of the last successful APO round sent back: output
+    /// limits, replies cut at them, unusable replies by role and model.
+    pub apo_replies: Option<ReplyReport>,
+    /// The output-limit field `llm.max_tokens_field = "auto"` settled on
+    /// after an endpoint refused the other one, by endpoint.
+    pub llm_max_tokens_fields: BTreeMap<String, String>,
     /// Why APO does not run, when it does not (e.g. no reachable endpoint).
     pub apo_disabled: Option<String>,
     /// Plugins loaded from `[plugins] dir`, as `name (world, WIT version)`.

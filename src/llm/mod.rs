@@ -20,6 +20,12 @@
 //! [`MAX_CONNECTION_FAILURES`] connection failures in a row (no response of
 //! any kind in between), every call fails at once with an error naming the
 //! URL and the cause, instead of retrying each request with backoff.
+//!
+//! The output limit travels in the field the server reads (see
+//! [`limit_field`]); a reply the server cut at that limit says so
+//! ([`ChatReply::cut_at_limit`]).
+
+pub mod limit_field;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +38,7 @@ use async_openai::types::chat::{
 };
 use tokio::sync::Semaphore;
 
+use self::limit_field::{LimitField, MaxTokensField};
 use crate::config::LlmConfig;
 use crate::trace::{Message, TokenUsage};
 
@@ -80,6 +87,9 @@ pub struct ChatReply {
     pub usage: TokenUsage,
     /// Attempts made, 1 when the first one succeeded.
     pub attempts: u32,
+    /// The server stopped generating at the output limit
+    /// (`finish_reason: length`): the text is cut short.
+    pub cut_at_limit: bool,
 }
 
 /// How one HTTP attempt ended.
@@ -190,6 +200,8 @@ pub struct LlmClient {
     connection_failures: AtomicU32,
     /// Set once the endpoint is deemed unreachable: why, for every later call.
     unreachable: Mutex<Option<String>>,
+    /// The field the output limit is sent in (`auto` may switch it once).
+    limit_field: Mutex<LimitField>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -214,12 +226,16 @@ impl LlmClient {
             http,
             permits: Semaphore::new(config.max_concurrency.max(1)),
             api_key: config.api_key(),
-            config,
             backoff: Backoff::default(),
             stats: Mutex::new(ClientStats::default()),
             records: Mutex::new(Vec::new()),
             connection_failures: AtomicU32::new(0),
             unreachable: Mutex::new(None),
+            limit_field: Mutex::new(limit_field::initial(
+                config.max_tokens_field,
+                &config.base_url,
+            )),
+            config,
         })
     }
 
@@ -253,13 +269,20 @@ impl LlmClient {
         std::mem::take(&mut *self.records.lock().unwrap())
     }
 
+    /// The field the output limit is sent in now.
+    pub fn limit_field(&self) -> LimitField {
+        *self.limit_field.lock().unwrap()
+    }
+
     /// Why the endpoint is deemed unreachable, once it is (see the module docs).
     pub fn unreachable(&self) -> Option<String> {
         self.unreachable.lock().unwrap().clone()
     }
 
     /// Sends one chat request, retrying 429, 5xx, timeouts, transport errors
-    /// and malformed bodies up to `max_retries` times.
+    /// and malformed bodies up to `max_retries` times. Under
+    /// `max_tokens_field = "auto"`, a 400 refusing the limit's field is
+    /// retried once with the other field, which is kept from then on.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatReply, LlmError> {
         self.chat_gated(req, || true).await
     }
@@ -273,10 +296,16 @@ impl LlmClient {
         may_retry: impl Fn() -> bool,
     ) -> Result<ChatReply, LlmError> {
         let model = self.model(req.role).to_string();
-        let body = self.request_body(req, &model);
+        let mut body = self.request_body(req, &model);
         self.stats.lock().unwrap().requests[req.role as usize] += 1;
         let mut attempt = 0u32;
+        let mut switched_field = false;
         loop {
+            let sent_field = req.max_tokens.map(|limit| {
+                let field = self.limit_field();
+                set_limit(&mut body, field, limit);
+                field
+            });
             attempt += 1;
             if let Some(reason) = self.unreachable() {
                 self.stats.lock().unwrap().failed_requests += 1;
@@ -294,11 +323,11 @@ impl LlmClient {
                 .await
                 .expect("semaphore never closed");
             let started = Instant::now();
-            let res = self.attempt(&body).await;
+            let res = self.attempt(&body, sent_field).await;
             drop(permit);
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             let (outcome, usage) = match &res {
-                Ok((_, usage)) => (Outcome::Ok, *usage),
+                Ok(done) => (Outcome::Ok, done.usage),
                 Err(failure) => (failure.outcome, TokenUsage::default()),
             };
             if let Err(failure) = &res
@@ -326,15 +355,30 @@ impl LlmClient {
                 attempt,
             });
             let failure = match res {
-                Ok((text, usage)) => {
+                Ok(done) => {
                     return Ok(ChatReply {
-                        text,
-                        usage,
+                        text: done.text,
+                        usage: done.usage,
                         attempts: attempt,
+                        cut_at_limit: done.cut_at_limit,
                     });
                 }
                 Err(failure) => failure,
             };
+            if let Some(field) = sent_field
+                && failure.refuses_limit_field
+                && self.config.max_tokens_field == MaxTokensField::Auto
+                && !switched_field
+                && may_retry()
+            {
+                switched_field = true;
+                let mut current = self.limit_field.lock().unwrap();
+                if *current == field {
+                    *current = field.other();
+                    limit_field::learn(&self.config.base_url, field.other(), &failure.message);
+                }
+                continue;
+            }
             if !failure.outcome.is_retryable() || attempt > self.config.max_retries || !may_retry()
             {
                 self.stats.lock().unwrap().failed_requests += 1;
@@ -393,7 +437,6 @@ impl LlmClient {
             model: model.to_string(),
             temperature: Some(self.config.temperature as f32),
             seed: self.config.seed.map(|seed| seed as i64),
-            max_completion_tokens: req.max_tokens,
             ..Default::default()
         }
     }
@@ -401,7 +444,8 @@ impl LlmClient {
     async fn attempt(
         &self,
         body: &CreateChatCompletionRequest,
-    ) -> Result<(String, TokenUsage), AttemptFailure> {
+        sent_field: Option<LimitField>,
+    ) -> Result<Completion, AttemptFailure> {
         let url = format!(
             "{}/chat/completions",
             self.config.base_url.trim_end_matches('/')
@@ -429,11 +473,14 @@ impl LlmClient {
                 408 | 500..=599 => Outcome::ServerError,
                 _ => Outcome::Rejected,
             };
-            let snippet: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+            let text = String::from_utf8_lossy(&bytes);
+            let snippet: String = text.chars().take(300).collect();
             return Err(AttemptFailure {
                 outcome,
                 message: format!("HTTP {status}: {snippet}"),
                 retry_after,
+                refuses_limit_field: sent_field
+                    .is_some_and(|field| limit_field::refuses(status.as_u16(), &text, field)),
             });
         }
         let parsed: CreateChatCompletionResponse =
@@ -441,12 +488,15 @@ impl LlmClient {
                 outcome: Outcome::Malformed,
                 message: format!("response is not a chat completion: {err}"),
                 retry_after: None,
+                refuses_limit_field: false,
             })?;
-        let text = parsed
-            .choices
-            .first()
+        let first = parsed.choices.first();
+        let text = first
             .and_then(|choice| choice.message.content.clone())
             .unwrap_or_default();
+        let cut_at_limit = first.is_some_and(|choice| {
+            choice.finish_reason == Some(async_openai::types::chat::FinishReason::Length)
+        });
         let usage = parsed
             .usage
             .map(|usage| TokenUsage {
@@ -454,7 +504,11 @@ impl LlmClient {
                 output_tokens: u64::from(usage.completion_tokens),
             })
             .unwrap_or_default();
-        Ok((text, usage))
+        Ok(Completion {
+            text,
+            usage,
+            cut_at_limit,
+        })
     }
 
     fn record(&self, record: CallRecord) {
@@ -491,10 +545,30 @@ impl LlmClient {
     }
 }
 
+/// Puts `limit` in `field` and clears the other one.
+#[allow(deprecated)] // `max_tokens` is deprecated by OpenAI, read by everyone else.
+fn set_limit(body: &mut CreateChatCompletionRequest, field: LimitField, limit: u32) {
+    let (max_tokens, max_completion_tokens) = match field {
+        LimitField::MaxTokens => (Some(limit), None),
+        LimitField::MaxCompletionTokens => (None, Some(limit)),
+    };
+    body.max_tokens = max_tokens;
+    body.max_completion_tokens = max_completion_tokens;
+}
+
+/// A successful attempt.
+struct Completion {
+    text: String,
+    usage: TokenUsage,
+    cut_at_limit: bool,
+}
+
 struct AttemptFailure {
     outcome: Outcome,
     message: String,
     retry_after: Option<Duration>,
+    /// A 400/422 whose body names the field the limit was sent in.
+    refuses_limit_field: bool,
 }
 
 impl AttemptFailure {
@@ -523,6 +597,7 @@ impl AttemptFailure {
             outcome,
             message,
             retry_after: None,
+            refuses_limit_field: false,
         }
     }
 }

@@ -856,7 +856,7 @@ mod world {
             let child = ask(format!(
                 "Apply the critique.\n<prompt>\n{BASELINE}\n</prompt>\n{critique}\nReply with the complete new prompt between <prompt> and </prompt>."
             ));
-            let child = whetstone::apo::extract_prompt(&child);
+            let child = whetstone::apo::check_rewrite(&child, "<prompt></prompt>", false).unwrap();
             let score = apo_world::true_score(&child);
             match score.partial_cmp(&baseline).unwrap() {
                 std::cmp::Ordering::Greater => better += 1,

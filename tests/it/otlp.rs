@@ -91,21 +91,28 @@ grpc_listen = "127.0.0.1:{grpc}"
     }
 
     fn start(&mut self) {
+        self.start_with_token(None);
+    }
+
+    /// Starts the daemon with `WHETSTONE_API_TOKEN` set to `token`.
+    fn start_with_token(&mut self, token: Option<&str>) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_whetstone"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_whetstone"));
+        command
             .arg("daemon")
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("WHETSTONE_API_TOKEN")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+            .stderr(log);
+        if let Some(token) = token {
+            command.env("WHETSTONE_API_TOKEN", token);
+        }
+        self.child = Some(command.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
             assert!(
@@ -648,4 +655,34 @@ async fn floods_get_429_or_503_with_retry_after_then_succeed() {
         spool_bytes < 1_048_576,
         "{spool_bytes} bytes left in the spool"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_configured_requests_must_carry_it() {
+    let mut daemon = Daemon::new("", "");
+    daemon.start_with_token(Some("s3cret"));
+    let client = reqwest::Client::new();
+    let body = json_request("5b8efff798038103d269b633813fc6aa").to_string();
+    let send = |authorization: Option<&'static str>| {
+        let mut request = client
+            .post(daemon.url())
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        request.send()
+    };
+    assert_eq!(send(None).await.unwrap().status(), 401);
+    assert_eq!(send(Some("Bearer wrong")).await.unwrap().status(), 401);
+    let mut grpc = TraceServiceClient::connect(format!("http://127.0.0.1:{}", daemon.grpc))
+        .await
+        .unwrap();
+    let refused = grpc
+        .export(ExportTraceServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(send(Some("Bearer s3cret")).await.unwrap().status(), 200);
+    assert_eq!(daemon.wait_episodes(1, 30).len(), 1);
 }

@@ -1302,6 +1302,7 @@ impl WorldServer {
             judge_model: JUDGE_MODEL.to_string(),
             temperature: 0.0,
             seed: Some(7),
+            max_tokens_field: Default::default(),
         }
     }
 

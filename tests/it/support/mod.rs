@@ -8,9 +8,14 @@
 //!   replaces the `{user_name}` placeholder) and crosses two prompts;
 //! - `judge-model` grades by word overlap with the reference.
 //!
+//! Weak models answer like a small base model would (see [`WEAK_MODELS`]).
+//!
 //! Faults (429 with Retry-After, 500, a hang past the client timeout,
 //! malformed JSON) can be injected on chosen request numbers, and a fixed
-//! latency can be added to every request.
+//! latency can be added to every request. Like real servers, it may read the
+//! output limit from one field only (llama-cpp-python reads `max_tokens`),
+//! cutting a reply there with `finish_reason: length`, and may refuse a
+//! field with a 400 (as OpenAI's reasoning models refuse `max_tokens`).
 
 #![allow(dead_code)]
 
@@ -57,7 +62,23 @@ pub struct ServerState {
     bodies: Mutex<Vec<String>>,
     /// `Authorization` header of the last request, if any.
     authorization: Mutex<Option<String>>,
+    /// The one field the output limit is read from; `None` reads both.
+    limit_field: Mutex<Option<&'static str>>,
+    /// Fields answered with a 400 naming them.
+    refused_fields: Mutex<Vec<&'static str>>,
 }
+
+/// Models that answer like a weak model: `echo-model` sends the request
+/// back, `mute-model` says nothing, `loop-model` repeats a phrase until the
+/// limit, `bare-model` gives a prompt without the `<prompt>` wrapper, and
+/// `vague-judge` grades without a `SCORE:` line.
+pub const WEAK_MODELS: [&str; 5] = [
+    "echo-model",
+    "mute-model",
+    "loop-model",
+    "bare-model",
+    "vague-judge",
+];
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -101,6 +122,7 @@ impl TestServer {
             judge_model: "judge-model".to_string(),
             temperature: 0.0,
             seed: Some(7),
+            max_tokens_field: Default::default(),
         }
     }
 
@@ -141,6 +163,29 @@ impl TestServer {
 
     pub fn log(&self) -> Vec<(String, String)> {
         self.state.log.lock().unwrap().clone()
+    }
+
+    /// Reads the output limit from `field` only (`max_tokens` or
+    /// `max_completion_tokens`), as many servers do.
+    pub fn read_limit_from(&self, field: &'static str) {
+        *self.state.limit_field.lock().unwrap() = Some(field);
+    }
+
+    /// Answers 400 to any request carrying `field`, naming it.
+    pub fn refuse_field(&self, field: &'static str) {
+        self.state.refused_fields.lock().unwrap().push(field);
+    }
+
+    /// The JSON body of every request that got past the injected faults
+    /// (refused ones included), in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|body| serde_json::from_str(body).unwrap())
+            .collect()
     }
 
     /// Requests whose body was sent before (a paid call made twice).
@@ -200,6 +245,32 @@ async fn chat(
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad json").into_response();
     };
+    let refused = state
+        .refused_fields
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .find(|field| request.get(*field).is_some());
+    if let Some(field) = refused {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": {
+                "message": format!("Unsupported parameter: '{field}' is not supported with this model."),
+                "type": "invalid_request_error",
+                "param": field,
+                "code": "unsupported_parameter"
+            }})
+            .to_string(),
+        )
+            .into_response();
+    }
+    let read_from = *state.limit_field.lock().unwrap();
+    let limit = ["max_tokens", "max_completion_tokens"]
+        .into_iter()
+        .filter(|field| read_from.is_none_or(|only| only == *field))
+        .find_map(|field| request[field].as_u64());
     let model = request["model"].as_str().unwrap_or_default().to_string();
     let messages: Vec<(String, String)> = request["messages"]
         .as_array()
@@ -215,13 +286,28 @@ async fn chat(
         .collect();
     let first = messages.first().map(|m| m.1.clone()).unwrap_or_default();
     state.log.lock().unwrap().push((model.clone(), first));
+    let last = messages.last().map(|m| m.1.clone()).unwrap_or_default();
     let text = match model.as_str() {
         "task-model" => task_answer(&messages),
-        "rewriter-model" => rewrite(&messages.last().map(|m| m.1.clone()).unwrap_or_default()),
-        "judge-model" => judge(&messages.last().map(|m| m.1.clone()).unwrap_or_default()),
+        "rewriter-model" => rewrite(&last),
+        "judge-model" => judge(&last),
+        "echo-model" => last,
+        "mute-model" => String::new(),
+        // Like a base model left without a limit: the phrase again and again,
+        // until the server's context (here 4096 tokens) is full.
+        "loop-model" => "and the agent should answer the user. ".repeat(400),
+        "bare-model" => "A better prompt would tell the agent to cite the tool result.".to_string(),
+        "vague-judge" => "The answer looks reasonable to me overall.".to_string(),
         other => {
             return (StatusCode::NOT_FOUND, format!("no model {other}")).into_response();
         }
+    };
+    // Tokens are 4 characters here; a reply longer than the limit is cut.
+    let (text, finish_reason) = match limit {
+        Some(limit) if tokens(&text) > limit => {
+            (text.chars().take(limit as usize * 4).collect(), "length")
+        }
+        _ => (text, "stop"),
     };
     let prompt_tokens: u64 = messages.iter().map(|m| tokens(&m.1)).sum();
     let completion_tokens = tokens(&text);
@@ -233,7 +319,7 @@ async fn chat(
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "finish_reason": "stop"
+            "finish_reason": finish_reason
         }],
         "usage": {
             "prompt_tokens": prompt_tokens,
