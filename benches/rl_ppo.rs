@@ -44,6 +44,7 @@ fn ppo_update(c: &mut Criterion) {
         policy_snapshot: 0,
         frozen_earlier: 0,
         snapshot_policy_version: 0,
+        served_decisions: 0,
     };
     let data = train::training_data(
         &decisions,
@@ -73,6 +74,7 @@ fn ppo_update(c: &mut Criterion) {
                     &mut rng,
                     &data,
                     &cfg,
+                    &|| false,
                 )
                 .unwrap(),
             )

@@ -7,7 +7,10 @@
 //! - `GET /v1/rounds`, `GET /v1/rounds/{id}`: rounds as stored.
 //! - `POST /v1/policy/act`: the promoted policy's tool probabilities for a
 //!   state, plus a sampled tool, its probability and a decision id for the
-//!   agent to log on the decision's span (clean propensities for PPO).
+//!   agent to log on the decision's span (clean propensities for PPO). The
+//!   policy is cached and swapped when the daemon promotes a new version;
+//!   until a trained policy has passed the promotion gate the answer is 503
+//!   (the agent keeps its own policy).
 //! - `GET /v1/prompts/{name}/resolve?key=K`: the prompt version (id and
 //!   text) request key K gets: sticky A/B assignment while a test runs, the
 //!   production version otherwise.
@@ -37,7 +40,7 @@ use tokio::sync::watch;
 use crate::config::{ApiConfig, Config};
 use crate::owner::Owner;
 use crate::registry::{PromptRegistry, RegistryError, Resolved};
-use crate::rl::{self, ActRequest};
+use crate::rl::{ActRequest, ServedPolicy};
 use crate::rng::Rng;
 use crate::store::{Round, Store, StoreError};
 
@@ -51,6 +54,9 @@ pub struct ApiState {
     /// own so no handler runs SQLite on a runtime worker.
     db: Owner<ApiDb>,
     checkpoint_dir: Mutex<PathBuf>,
+    /// The served policy, loaded once per promoted version (the status's
+    /// `policy_version`, which the daemon moves on promotion).
+    policy: Mutex<Option<Arc<ServedPolicy>>>,
     /// Bearer token requests must carry, when one is configured.
     token: Option<String>,
     rng: Mutex<Rng>,
@@ -87,6 +93,7 @@ impl ApiState {
             status,
             db: Owner::spawn("api-store", db)?,
             checkpoint_dir: Mutex::new(config.data_dir.join("rl")),
+            policy: Mutex::new(None),
             token,
             rng: Mutex::new(Rng::new(seed)),
         })
@@ -100,6 +107,7 @@ impl ApiState {
     /// Takes the reloadable parts of a new configuration.
     pub async fn set_config(&self, config: &Config) {
         *lock(&self.checkpoint_dir) = config.data_dir.join("rl");
+        *lock(&self.policy) = None;
         let registry = config.registry.clone();
         // Only fails when the thread is gone, and then nothing resolves.
         let _ = self
@@ -373,17 +381,47 @@ struct ActResponse {
     /// first.
     probabilities: Vec<ActionProbability>,
     /// The sampled action, its probability (log it as the decision's
-    /// `whetstone.policy.probability`) and an id for the decision.
+    /// `whetstone.policy.probability`), an id for the decision (log it as
+    /// `whetstone.policy.decision_id`) and the policy version (log it as
+    /// `whetstone.policy.version`).
     sampled: String,
     probability: f64,
     decision_id: String,
-    policy_version: Option<u64>,
+    policy_version: u64,
 }
 
 #[derive(Debug, Serialize)]
 struct ActionProbability {
     action: String,
     probability: f64,
+}
+
+/// The policy to serve: the cached one while it is the promoted version,
+/// else loaded (once) from the checkpoint. Nothing before a trained policy
+/// passed the gate.
+async fn served_policy(state: &Arc<ApiState>) -> Result<Arc<ServedPolicy>, ApiError> {
+    let unavailable = |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+    let version = state.status().policy_version.unwrap_or(0);
+    if version == 0 {
+        return Err(unavailable(
+            "no trained policy has passed the promotion gate yet: keep the agent's own policy"
+                .into(),
+        ));
+    }
+    if let Some(policy) = lock(&state.policy)
+        .as_ref()
+        .filter(|policy| policy.version() == version)
+    {
+        return Ok(Arc::clone(policy));
+    }
+    let checkpoint_dir = lock(&state.checkpoint_dir).clone();
+    let policy = tokio::task::spawn_blocking(move || ServedPolicy::load(&checkpoint_dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|err| unavailable(format!("no policy to act with: {err:#}")))?;
+    let policy = Arc::new(policy);
+    *lock(&state.policy) = Some(Arc::clone(&policy));
+    Ok(policy)
 }
 
 async fn policy_act(
@@ -398,44 +436,33 @@ async fn policy_act(
         step_index: body.step,
         tools: body.tools,
     };
-    let checkpoint_dir = lock(&state.checkpoint_dir).clone();
-    let probabilities = tokio::task::spawn_blocking(move || rl::act(&checkpoint_dir, &[request]))
+    let policy = served_policy(&state).await?;
+    let (draw, id_bits) = {
+        let mut rng = lock(&state.rng);
+        (rng.next_f64(), rng.next_u64())
+    };
+    let decision = tokio::task::spawn_blocking(move || policy.decide(request, draw, id_bits))
         .await
         .map_err(ApiError::internal)?
         .map_err(|err| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("no policy to act with yet: {err:#}"),
+                format!("no policy to act with: {err:#}"),
             )
-        })?
-        .pop()
-        .unwrap_or_default();
-    let (draw, decision) = {
-        let mut rng = lock(&state.rng);
-        (rng.next_f64(), rng.next_u64())
-    };
-    let mut cumulative = 0.0;
-    let (sampled, probability) = probabilities
-        .iter()
-        .find(|(_, p)| {
-            cumulative += p;
-            draw < cumulative
-        })
-        .or(probabilities.last())
-        .cloned()
-        .ok_or_else(|| ApiError::internal("the policy has no action"))?;
+        })?;
     Ok(Json(ActResponse {
-        probabilities: probabilities
+        probabilities: decision
+            .probabilities
             .into_iter()
             .map(|(action, probability)| ActionProbability {
                 action,
                 probability,
             })
             .collect(),
-        sampled,
-        probability,
-        decision_id: format!("{decision:016x}"),
-        policy_version: state.status().policy_version,
+        sampled: decision.sampled,
+        probability: decision.probability,
+        decision_id: decision.decision_id,
+        policy_version: decision.policy_version,
     }))
 }
 
@@ -513,7 +540,7 @@ mod tests {
         assert!(body.contains("inptu"), "{body}");
         let (code, body) = call(app.clone(), act(r#"{"input": "x"}"#.into())).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(body.contains("no policy to act with yet"), "{body}");
+        assert!(body.contains("passed the promotion gate"), "{body}");
         let huge = format!(r#"{{"input": "{}"}}"#, "x".repeat(4096));
         let (code, _) = call(app, act(huge)).await;
         assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);

@@ -143,12 +143,25 @@ fn train_rl(
     config: &Config,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let episodes = load(store, None)?;
+    let (episodes, sample) = rl::sample::training_episodes(store, i64::MAX, &config.rl)?;
     if episodes.is_empty() {
         bail!(
             "the store in {} holds no episode; import traces with --traces or `whetstone traces import`",
             config.data_dir.display()
         );
+    }
+    if sample.episodes_considered > episodes.len() as u64 {
+        writeln!(
+            out,
+            "RL: sampled {} of {} stored episodes ({} newest, {} replayed; {} decisions, \
+             rl.max_training_decisions = {})",
+            episodes.len(),
+            sample.episodes_considered,
+            sample.recent_episodes,
+            sample.replay_episodes,
+            sample.decisions,
+            config.rl.max_training_decisions
+        )?;
     }
     let checkpoint_dir = config.data_dir.join("rl");
     let bar = if io::stderr().is_terminal() {

@@ -176,6 +176,8 @@ impl Daemon {
                 .config_file
                 .as_ref()
                 .map_or("embedded defaults".to_string(), |f| f.display().to_string()),
+            // The promoted version survives restarts with its checkpoint.
+            policy_version: crate::rl::serve::promoted_version(&config.data_dir.join("rl"))?,
             ..Status::default()
         });
         let api = Arc::new(ApiState::new(&config, status_rx)?);

@@ -88,7 +88,7 @@ pub struct RoundResult {
     pub winner: Option<Winner>,
 }
 
-/// Runs `job` to its end (or until `cancel` turns true, for APO) with
+/// Runs `job` to its end (or until `cancel` turns true) with
 /// `plugins`, writing its outputs to `job.output_dir` and then into
 /// `latest`. `progress` receives the engine's progress messages.
 pub fn run_round(
@@ -103,7 +103,7 @@ pub fn run_round(
     let store = Store::open(&job.config.data_dir)?;
     let result = match job.kind {
         RoundKind::Apo => run_apo(job, plugins, &store, cancel, progress)?,
-        RoundKind::Rl => run_rl(job, plugins, &store, progress)?,
+        RoundKind::Rl => run_rl(job, plugins, &store, cancel, progress)?,
     };
     publish_latest(&job.output_dir, latest)?;
     Ok(result)
@@ -113,12 +113,12 @@ pub fn run_round(
 fn episodes_upto(store: &Store, prompt: Option<&str>, upto: i64) -> anyhow::Result<Vec<Episode>> {
     let filter = EpisodeFilter {
         prompt_name: prompt.map(str::to_string),
+        upto_id: Some(upto),
         ..EpisodeFilter::default()
     };
     Ok(store
         .load_episodes(&filter)?
         .into_iter()
-        .filter(|stored| stored.id <= upto)
         .map(|stored| stored.episode)
         .collect())
 }
@@ -224,16 +224,27 @@ fn run_rl(
     job: &RoundJob,
     plugins: &Plugins,
     store: &Store,
+    cancel: watch::Receiver<bool>,
     progress: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<RoundResult> {
     let config = &job.config;
-    let episodes = episodes_upto(store, None, job.upto_episode_id)?;
-    let report = rl::train(
+    let (episodes, sample) = rl::sample::training_episodes(store, job.upto_episode_id, &config.rl)?;
+    progress(format!(
+        "sampled {} episodes ({} newest, {} replayed) of {}",
+        episodes.len(),
+        sample.recent_episodes,
+        sample.replay_episodes,
+        sample.episodes_considered
+    ));
+    let report = rl::train_until(
         &episodes,
         &config.rl,
         plugins,
         &job.output_dir,
         &config.data_dir.join("rl"),
+        // Asked between PPO minibatches, so shutdown never waits for a
+        // whole update.
+        &|| *cancel.borrow(),
         &mut |event| match event {
             rl::TrainProgress::Started {
                 training_decisions,

@@ -503,7 +503,7 @@ impl PromptRegistry {
             prompt_name: Some(name.to_string()),
             prompt_version: Some(version.to_string()),
             after_id: Some(after_id),
-            limit: None,
+            ..EpisodeFilter::default()
         };
         let mut samples = Samples::default();
         let (mut latency, mut tokens) = (Summary::default(), Summary::default());

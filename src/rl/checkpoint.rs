@@ -8,7 +8,9 @@
 //! replaced atomically last, so a crash mid-save leaves the previous
 //! checkpoint intact. Anything inconsistent (weights without `state.json`, a
 //! hash mismatch, another architecture) is an error: training never silently
-//! starts over.
+//! starts over. Nothing non-finite is written (a save with a NaN or an
+//! infinity anywhere fails and the previous checkpoint stays), and a
+//! checkpoint holding one is refused on load with an error naming it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -166,10 +168,13 @@ pub fn load(
         );
     }
     let learner = PolicyNet::load(stored, &verified(dir, &state, "learner")?)?;
+    finite(dir, "learner", &learner.tensors())?;
     let promoted = PolicyNet::load(stored, &verified(dir, &state, "promoted")?)?;
+    finite(dir, "promoted", &promoted.tensors())?;
     let optimizer_path = verified(dir, &state, "optimizer")?;
     let tensors = candle_core::safetensors::load(&optimizer_path, &candle_core::Device::Cpu)
         .with_context(|| format!("reading {}", optimizer_path.display()))?;
+    finite(dir, "optimizer", &tensors)?;
     let adam = Adam::restore(&learner, tensors, state.adam_step, learning_rate, adam_eps)
         .with_context(|| format!("restoring {}", optimizer_path.display()))?;
     Ok(Some(Checkpoint {
@@ -189,7 +194,32 @@ pub fn load_promoted(dir: &Path) -> Result<(TrainingState, PolicyNet)> {
         );
     };
     let promoted = PolicyNet::load(state.architecture(), &verified(dir, &state, "promoted")?)?;
+    finite(dir, "promoted", &promoted.tensors())?;
     Ok((state, promoted))
+}
+
+/// An error naming the first tensor of `kind` with a NaN or an infinity.
+fn finite(
+    dir: &Path,
+    kind: &str,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let values = tensors[name]
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if let Some(value) = values.iter().find(|v| !v.is_finite()) {
+            bail!(
+                "checkpoint {}: the {kind} tensor `{name}` holds {value}: refusing a non-finite \
+                 checkpoint (training diverged); move the directory away to start over",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The path of the `kind` weight file, after checking its hash.
@@ -225,6 +255,9 @@ pub fn save(dir: &Path, checkpoint: &mut Checkpoint) -> Result<()> {
         ("optimizer", checkpoint.adam.tensors(&checkpoint.learner)),
         ("promoted", checkpoint.promoted.tensors()),
     ];
+    for (kind, tensors) in &tensors {
+        finite(dir, kind, tensors).context("not saved; the previous checkpoint is kept")?;
+    }
     for (kind, tensors) in tensors {
         let name = file_name(kind, generation);
         let path = dir.join(&name);

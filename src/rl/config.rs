@@ -65,7 +65,8 @@ pub struct RlConfig {
     pub learning_rate: f64,
     /// Adam ε.
     pub adam_eps: f64,
-    /// Stop an iteration's epochs early when the approximate KL exceeds this.
+    /// The trust region: an iteration takes no further minibatch step once
+    /// KL(π_old ‖ π_θ) (mean over a minibatch's states) exceeds this.
     pub target_kl: Option<f64>,
     /// PPO iterations per training run; each recomputes values and advantages
     /// and then runs `update_epochs` epochs.
@@ -80,6 +81,11 @@ pub struct RlConfig {
     pub reward_name: Option<String>,
     /// Reward subtracted for each tool call that failed.
     pub tool_error_penalty: f64,
+    /// Every reward entering learning (a trace reward as selected, a
+    /// reward plugin's weighted score) must lie within ±this; an episode
+    /// with one outside is skipped and counted (`reward_out_of_range`, or
+    /// as a plugin failure).
+    pub max_abs_reward: f64,
     /// Weight of each reward plugin's scores in the final reward, by plugin
     /// name; unset, the `weight` of its `NAME.toml`; 0 leaves it out.
     pub plugin_reward_weights: BTreeMap<String, f64>,
@@ -102,6 +108,12 @@ pub struct RlConfig {
     pub promote_without_logged_propensities: bool,
     /// Seed for weight initialization, held-out split and minibatch shuffling.
     pub seed: u64,
+    /// A run read from the store trains on at most this many decisions
+    /// (tool calls plus final answers; see [`super::sample`]).
+    pub max_training_decisions: usize,
+    /// Share of `max_training_decisions` for the stratified replay of older
+    /// episodes; the rest goes to the newest.
+    pub replay_fraction: f64,
 }
 
 impl Default for RlConfig {
@@ -121,13 +133,14 @@ impl Default for RlConfig {
             max_grad_norm: 0.5,
             learning_rate: 3e-3,
             adam_eps: 1e-5,
-            target_kl: None,
+            target_kl: Some(0.1),
             iterations_per_run: 30,
             hidden_dim: 64,
             text_hash_dim: 1024,
             action_hash_dim: 64,
             reward_name: None,
             tool_error_penalty: 0.0,
+            max_abs_reward: 1000.0,
             plugin_reward_weights: BTreeMap::new(),
             holdout_fraction: 0.2,
             importance_weight_clip: 10.0,
@@ -137,6 +150,8 @@ impl Default for RlConfig {
             min_effective_sample_size: 30.0,
             promote_without_logged_propensities: false,
             seed: 0,
+            max_training_decisions: 20_000,
+            replay_fraction: 0.5,
         }
     }
 }
@@ -168,6 +183,7 @@ impl RlConfig {
             check.not_empty("reward_name", name);
         }
         non_negative(check, "tool_error_penalty", self.tool_error_penalty);
+        positive(check, "max_abs_reward", self.max_abs_reward);
         check.section("plugin_reward_weights", |check| {
             for (name, weight) in &self.plugin_reward_weights {
                 if !weight.is_finite() {
@@ -208,6 +224,20 @@ impl RlConfig {
             "min_effective_sample_size",
             self.min_effective_sample_size,
         );
+        check.in_range(
+            "max_training_decisions",
+            self.max_training_decisions,
+            1..=100_000_000,
+        );
+        if !(0.0..1.0).contains(&self.replay_fraction) {
+            check.fail(
+                "replay_fraction",
+                format!(
+                    "must be at least 0.0 and below 1.0, got {:?}",
+                    self.replay_fraction
+                ),
+            );
+        }
     }
 
     /// The problems of [`RlConfig::validate`] as `rl.<key>: message` lines.

@@ -18,7 +18,8 @@
 //! 6. [`checkpoint`] saves weights, optimizer state and counters so the next
 //!    run continues; [`report`] writes `learned_policy.json`.
 //!
-//! [`act`] serves the promoted policy's action probabilities.
+//! [`serve`] serves the promoted policy's action probabilities, once a
+//! trained policy has passed the gate.
 
 pub mod batch;
 pub mod behavior;
@@ -31,11 +32,14 @@ pub mod plugin_rewards;
 pub mod policy;
 pub mod ppo;
 pub mod report;
+pub mod sample;
+pub mod serve;
 pub mod train;
 pub mod transitions;
 pub mod vtrace;
 
 pub use config::{PromotionEstimator, RlConfig};
 pub use report::TrainReport;
-pub use train::{ActRequest, TrainProgress, act, train};
+pub use serve::{ActRequest, ServedPolicy, act};
+pub use train::{TrainProgress, train, train_until};
 pub use transitions::NO_TOOL;

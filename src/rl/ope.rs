@@ -33,10 +33,18 @@ pub struct Estimate {
     pub effective_sample_size: f64,
 }
 
-/// PDIS and weighted PDIS estimates over `episodes` (each non-empty).
+/// PDIS and weighted PDIS estimates over `episodes` (each non-empty). A
+/// step with a non-finite probability or reward makes every estimate NaN
+/// (clipping would otherwise turn a NaN weight into the clip: `NaN.min(c)`
+/// is `c`), so a broken policy can never look good.
 pub fn estimate(episodes: &[&[LoggedStep]], gamma: f64, weight_clip: f64) -> Estimate {
     let n = episodes.len();
-    if n == 0 {
+    let broken = episodes.iter().flat_map(|steps| steps.iter()).any(|step| {
+        !(step.target_probability.is_finite()
+            && step.behavior_probability.is_finite()
+            && step.reward.is_finite())
+    });
+    if n == 0 || broken {
         return Estimate {
             ips: f64::NAN,
             snips: f64::NAN,
@@ -101,7 +109,8 @@ pub enum Estimator {
 }
 
 /// Percentile bounds of an estimate from `resamples` bootstrap resamples of
-/// the episodes: the `1 - confidence` and `confidence` quantiles.
+/// the episodes: the `1 - confidence` and `confidence` quantiles; NaN when
+/// any resample's estimate is not finite.
 pub fn bootstrap(episodes: &[&[LoggedStep]], params: BootstrapParams, rng: &mut Rng) -> (f64, f64) {
     if episodes.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -118,6 +127,9 @@ pub fn bootstrap(episodes: &[&[LoggedStep]], params: BootstrapParams, rng: &mut 
             }
         })
         .collect();
+    if draws.iter().any(|d| !d.is_finite()) {
+        return (f64::NAN, f64::NAN);
+    }
     draws.sort_by(f64::total_cmp);
     let at = |q: f64| draws[((q * draws.len() as f64) as usize).min(draws.len() - 1)];
     (at(1.0 - params.confidence), at(params.confidence))
@@ -195,6 +207,24 @@ mod tests {
         assert!((e.effective_sample_size - 1.8).abs() < 1e-12);
         // Observed: A = 0 + 0.9 * 1, B = 1
         assert!((logged_value(&episodes, 0.9) - 0.95).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_non_finite_policy_is_never_estimated_at_the_clip() {
+        // Issue 23, item 5: NaN.min(clip) is the clip, so a NaN policy was
+        // rated as if every weight were at the clip.
+        let episodes: [&[LoggedStep]; 2] = [&[step(f64::NAN, 0.5, 1.0)], &[step(0.5, 0.5, 1.0)]];
+        let e = estimate(&episodes, 0.99, 10.0);
+        assert!(e.ips.is_nan() && e.snips.is_nan() && e.effective_sample_size == 0.0);
+        let params = BootstrapParams {
+            estimator: Estimator::Snips,
+            gamma: 0.99,
+            weight_clip: 10.0,
+            confidence: 0.95,
+            resamples: 50,
+        };
+        let (lower, upper) = bootstrap(&episodes, params, &mut Rng::new(1));
+        assert!(lower.is_nan() && upper.is_nan());
     }
 
     #[test]

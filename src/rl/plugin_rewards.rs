@@ -51,6 +51,7 @@ pub fn compute(
     episodes: &[Episode],
     plugins: &Plugins,
     weights: &BTreeMap<String, f64>,
+    max_abs_reward: f64,
 ) -> PluginRewards {
     let used: Vec<(Arc<Plugin>, f64)> = plugins
         .of(World::Reward)
@@ -75,7 +76,7 @@ pub fn compute(
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|episode| score_episode(plugins, used, episode))
+                        .map(|episode| score_episode(plugins, used, episode, max_abs_reward))
                         .collect::<Vec<_>>()
                 })
             })
@@ -141,6 +142,7 @@ fn score_episode(
     plugins: &Plugins,
     used: &[(Arc<Plugin>, f64)],
     episode: &Episode,
+    max_abs_reward: f64,
 ) -> Vec<Result<f64, String>> {
     let json = match serde_json::to_string(episode) {
         Ok(json) => json,
@@ -157,9 +159,10 @@ fn score_episode(
             // Each score is finite (the host checks); their weighted sum
             // can still overflow.
             let reward = weight * scores.iter().map(|score| score.value).sum::<f64>();
-            if !reward.is_finite() {
+            if !reward.is_finite() || reward.abs() > max_abs_reward {
                 return Err(format!(
-                    "episode {}: plugin `{}`: its weighted scores add up to {reward}",
+                    "episode {}: plugin `{}`: its weighted scores add up to {reward}, outside \
+                     ±{max_abs_reward} (rl.max_abs_reward)",
                     episode.trace_id, plugin.name
                 ));
             }

@@ -22,12 +22,15 @@
 //! the synthetic world of the tests it reached 0.67 of 0.87 instead of
 //! 0.78+). The rest follows CleanRL's `ppo.py`: shuffled minibatches over
 //! several epochs, per-minibatch advantage normalization, the clipped value
-//! loss, an entropy bonus, global gradient-norm clipping, Adam, and an
-//! optional approximate-KL early stop (KL to π_old).
+//! loss, an entropy bonus, global gradient-norm clipping, Adam, and the
+//! KL early stop (`rl.target_kl`), checked after every minibatch so an
+//! iteration never takes a step from outside the trust region. The KL is
+//! the exact KL(π_old ‖ π_θ) over all actions of each state: CleanRL's
+//! sampled estimator is only right on-policy.
 
 use std::ops::Range;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
 
 use super::batch::{ActionSpace, Batch};
@@ -68,6 +71,9 @@ pub struct IterationStats {
     pub value_loss: f64,
     pub entropy: f64,
     pub approx_kl: f64,
+    /// KL(π_old ‖ π_θ) over all actions, mean over the last minibatch's
+    /// states, before its step: what `rl.target_kl` bounds.
+    pub kl: f64,
     /// Mean over all minibatches of the fraction of clipped ratios.
     pub clip_fraction: f64,
     /// 1 - Var(returns - values) / Var(returns) before the update.
@@ -180,13 +186,19 @@ pub fn chosen(log_probs: &Tensor, actions: &Tensor) -> Result<Tensor> {
 }
 
 /// One PPO iteration: π_old, values and V-trace targets from the current
-/// networks, then `update_epochs` epochs of shuffled minibatch updates.
+/// networks, then `update_epochs` epochs of shuffled minibatch updates,
+/// stopped early (as CleanRL's `target_kl`) once the approximate KL to
+/// π_old passes `rl.target_kl`. `cancelled` is asked before every
+/// minibatch; when it says so the iteration stops with an error (the
+/// caller discards the learner). A non-finite loss is an error too, before
+/// it reaches the weights.
 pub fn iterate(
     net: &PolicyNet,
     adam: &mut Adam,
     rng: &mut Rng,
     data: &TrainingData,
     cfg: &RlConfig,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<IterationStats> {
     let n = data.batch.len();
     let to_f64 = |t: Tensor| -> Result<Vec<f64>> {
@@ -197,10 +209,11 @@ pub fn iterate(
         Some(states) => to_f64(net.values(states)?)?,
         None => Vec::new(),
     };
-    let old_log_probs = to_f64(chosen(
-        &net.action_log_probs(&data.batch.states, &data.space.features, &data.batch.mask)?,
-        &data.batch.actions,
-    )?)?;
+    // π_old over every action of every row, for the exact KL.
+    let old_all = net
+        .action_log_probs(&data.batch.states, &data.space.features, &data.batch.mask)?
+        .detach();
+    let old_log_probs = to_f64(chosen(&old_all, &data.batch.actions)?)?;
     let ratios: Vec<f64> = old_log_probs
         .iter()
         .zip(&data.behavior_log_probs)
@@ -243,9 +256,12 @@ pub fn iterate(
     let minibatch_size = n.div_ceil(cfg.num_minibatches).max(1);
     let mut order: Vec<usize> = (0..n).collect();
     let mut clip_fractions = Vec::new();
-    for _ in 0..cfg.update_epochs {
+    'epochs: for _ in 0..cfg.update_epochs {
         rng.shuffle(&mut order);
         for rows in order.chunks(minibatch_size) {
+            if cancelled() {
+                bail!("interrupted between PPO minibatches");
+            }
             let gather = |source: &[f64]| -> Result<Tensor> {
                 let picked: Vec<f32> = rows.iter().map(|&r| source[r] as f32).collect();
                 Ok(Tensor::from_vec(picked, rows.len(), &Device::Cpu)?)
@@ -278,6 +294,25 @@ pub fn iterate(
                 },
                 cfg,
             )?;
+            // KL(π_old ‖ π_θ) summed over actions, averaged over the
+            // minibatch's states: on logged data CleanRL's sampled estimator
+            // (`approx_kl`) weighs actions by μ, not π_old, and explodes on
+            // actions π_old all but ruled out.
+            let old_rows = old_all.index_select(&index, 0)?;
+            let kl = f64::from(
+                (old_rows.exp()? * (&old_rows - log_probs.detach())?)?
+                    .sum(D::Minus1)?
+                    .mean_all()?
+                    .to_scalar::<f32>()?,
+            );
+            let total = scalar(&losses.total)?;
+            if !total.is_finite() || !kl.is_finite() {
+                bail!(
+                    "PPO loss became non-finite (loss {total}, KL {kl}) after {} minibatch \
+                     updates: this run is discarded and the checkpoint kept",
+                    stats.minibatch_updates
+                );
+            }
             let grads = losses.total.backward()?;
             let (_, scale) = clip_coefficient(net, &grads, cfg.max_grad_norm)?;
             adam.step(net, &grads, scale)?;
@@ -287,12 +322,14 @@ pub fn iterate(
             stats.value_loss = losses.value_loss;
             stats.entropy = losses.entropy;
             stats.approx_kl = losses.approx_kl;
+            stats.kl = kl;
+            // The trust region: no further step once the policy left it.
+            if cfg.target_kl.is_some_and(|target| kl > target) {
+                stats.early_stopped = true;
+                break 'epochs;
+            }
         }
         stats.epochs += 1;
-        if cfg.target_kl.is_some_and(|target| stats.approx_kl > target) {
-            stats.early_stopped = true;
-            break;
-        }
     }
     stats.clip_fraction = clip_fractions.iter().sum::<f64>() / clip_fractions.len().max(1) as f64;
     stats.advantages = advantages;

@@ -62,6 +62,9 @@ pub struct BehaviorSource {
     pub frozen_earlier: usize,
     /// Version of the promoted policy in this run.
     pub snapshot_policy_version: u64,
+    /// Decisions whose trace carries the id `/v1/policy/act` gave them
+    /// (`whetstone.policy.decision_id`): made by the served policy.
+    pub served_decisions: usize,
 }
 
 /// PPO statistics (the last iteration's, as CleanRL logs them) and counters.
@@ -79,11 +82,32 @@ pub struct TrainingSummary {
     pub approx_kl: f64,
     pub clip_fraction: f64,
     pub explained_variance: f64,
+    /// Each PPO iteration (update) of this run, in order: how far it moved
+    /// the policy and how much of the data hit the clip.
+    pub updates: Vec<UpdateSummary>,
     /// Since the checkpoint was created.
     pub total_runs: u64,
     pub total_iterations: u64,
     pub total_epochs: u64,
     pub total_minibatch_updates: u64,
+}
+
+/// One PPO iteration's trust-region statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateSummary {
+    /// Epochs completed (fewer than `rl.update_epochs` after an early stop).
+    pub epochs: usize,
+    /// KL(π_old ‖ π_θ) from the policy at the iteration's start, over all
+    /// actions, mean over its last minibatch's states (what `rl.target_kl`
+    /// bounds).
+    pub kl: f64,
+    /// CleanRL's sampled estimate on the logged actions of that minibatch
+    /// (weighs actions by the logging policy, so it can be huge off-policy).
+    pub approx_kl: f64,
+    /// Mean fraction of clipped ratios over its minibatches.
+    pub clip_fraction: f64,
+    /// Whether `rl.target_kl` stopped its epochs early.
+    pub early_stopped: bool,
 }
 
 /// One action's statistics over the training decisions.

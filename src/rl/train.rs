@@ -1,12 +1,10 @@
-//! The two entry points: [`train`] (one training run over logged episodes,
-//! resuming the checkpoint, gated promotion, report) and [`act`] (the
-//! promoted policy's action probabilities for states).
+//! One training run over logged episodes ([`train`]): resuming the
+//! checkpoint, PPO in a trust region, gated promotion, report.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
 
 use super::batch::{ActionSpace, Batch, states_tensor};
 use super::behavior::FrozenBehavior;
@@ -20,7 +18,7 @@ use super::policy::{Architecture, PolicyNet};
 use super::ppo::{self, IterationStats, TrainingData};
 use super::report::{
     self, ActionSummary, BehaviorSource, EpisodeCounts, OffPolicyEvaluation, PolicyEstimate,
-    Promotion, TrainReport, TrainingSummary,
+    Promotion, TrainReport, TrainingSummary, UpdateSummary,
 };
 use super::transitions::{Decision, Ending, EpisodeDecisions, extract_with};
 use crate::plugin::Plugins;
@@ -70,6 +68,29 @@ pub fn train(
     checkpoint_dir: &Path,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
+    train_until(
+        episodes,
+        cfg,
+        plugins,
+        out_dir,
+        checkpoint_dir,
+        &|| false,
+        progress,
+    )
+}
+
+/// [`train`] that stops when `cancelled` says so, asked between PPO
+/// minibatches: the run then fails with an error and leaves the checkpoint
+/// as it was (what a daemon round does on shutdown).
+pub fn train_until(
+    episodes: &[Episode],
+    cfg: &RlConfig,
+    plugins: &Plugins,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+    cancelled: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<TrainReport> {
     let problems = cfg.problems();
     if !problems.is_empty() {
         bail!("invalid configuration: {}", problems.join("; "));
@@ -95,7 +116,12 @@ pub fn train(
     checkpoint.adam.eps = cfg.adam_eps;
     let mut rng = Rng::new(checkpoint.state.rng_state);
 
-    let plugin_rewards = plugin_rewards::compute(episodes, plugins, &cfg.plugin_reward_weights);
+    let plugin_rewards = plugin_rewards::compute(
+        episodes,
+        plugins,
+        &cfg.plugin_reward_weights,
+        cfg.max_abs_reward,
+    );
     let extraction = extract_with(episodes, cfg, &plugin_rewards.per_episode);
     checkpoint
         .state
@@ -113,6 +139,7 @@ pub fn train(
         policy_snapshot: 0,
         frozen_earlier: 0,
         snapshot_policy_version: checkpoint.state.promoted_version,
+        served_decisions: 0,
     };
     let mut frozen = FrozenBehavior::load(checkpoint_dir)?;
     let snapshot = &checkpoint.promoted;
@@ -148,7 +175,16 @@ pub fn train(
                 &mut rng,
                 &train_data,
                 cfg,
-            )?;
+                cancelled,
+            )
+            .with_context(|| {
+                format!(
+                    "PPO iteration {} of {}: the checkpoint in {} is left as it was",
+                    iteration + 1,
+                    cfg.iterations_per_run,
+                    checkpoint_dir.display()
+                )
+            })?;
             progress(TrainProgress::Iteration {
                 iteration: iteration + 1,
                 stats: stats.clone(),
@@ -230,6 +266,16 @@ pub fn train(
             approx_kl: last.approx_kl,
             clip_fraction: last.clip_fraction,
             explained_variance: last.explained_variance,
+            updates: runs
+                .iter()
+                .map(|r| UpdateSummary {
+                    epochs: r.epochs,
+                    kl: r.kl,
+                    approx_kl: r.approx_kl,
+                    clip_fraction: r.clip_fraction,
+                    early_stopped: r.early_stopped,
+                })
+                .collect(),
             total_runs: state.runs,
             total_iterations: state.iterations,
             total_epochs: state.epochs,
@@ -296,6 +342,7 @@ pub fn training_data(
         }
         for (idx, decision) in episode.decisions.iter().enumerate() {
             logged.push(decision.logged_probability.is_some());
+            behavior.served_decisions += usize::from(decision.served);
             let probability = match (decision.logged_probability, &earlier) {
                 (Some(p), _) => {
                     behavior.trace += 1;
@@ -436,8 +483,9 @@ fn evaluate(
 }
 
 /// Whether the trained policy replaces the promoted one, and why: only when
-/// the candidate's lower confidence bound beats the current policy's
-/// estimate on enough held-out data with logged probabilities.
+/// every estimate is finite and the candidate's lower confidence bound
+/// beats both the current policy's estimate and the logging policy's
+/// observed value on enough held-out data with logged probabilities.
 fn decide(
     cfg: &RlConfig,
     untrained: bool,
@@ -495,6 +543,7 @@ fn decide(
         PromotionEstimator::Snips => e.snips,
     };
     let current = pick(&evaluation.current);
+    let logging = evaluation.logging_policy_value;
     let candidate = &evaluation.candidate;
     let level = cfg.promotion_confidence * 100.0;
     let interval = format!(
@@ -504,22 +553,37 @@ fn decide(
         candidate.lower_bound,
         candidate.upper_bound
     );
-    if candidate.lower_bound > current + cfg.promotion_margin {
-        promotion(
-            true,
-            format!(
-                "{interval}: lower bound > current {current:.4} + margin {}",
-                cfg.promotion_margin
-            ),
-        )
-    } else {
-        promotion(
+    if ![pick(candidate), candidate.lower_bound, current, logging]
+        .iter()
+        .all(|v| v.is_finite())
+    {
+        return promotion(
             false,
             format!(
-                "{interval}: lower bound <= current {current:.4} + margin {}: not promoted",
-                cfg.promotion_margin
+                "{interval}, current {current:.4}, logging policy {logging:.4}: an estimate is \
+                 not finite: not promoted"
             ),
-        )
+        );
+    }
+    // The bar: the promoted policy and the policy that logged the data.
+    let (bar, bar_name) = if logging > current {
+        (logging, "the logging policy's value")
+    } else {
+        (current, "the current policy's")
+    };
+    let comparison = format!(
+        "current {current:.4}, logging policy {logging:.4}: lower bound {} {bar_name} {bar:.4} + margin {}",
+        if candidate.lower_bound > bar + cfg.promotion_margin {
+            ">"
+        } else {
+            "<="
+        },
+        cfg.promotion_margin
+    );
+    if candidate.lower_bound > bar + cfg.promotion_margin {
+        promotion(true, format!("{interval}; {comparison}"))
+    } else {
+        promotion(false, format!("{interval}; {comparison}: not promoted"))
     }
 }
 
@@ -580,60 +644,49 @@ fn argmax(values: &[f32]) -> usize {
         .fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
 }
 
-/// The state `act` scores actions in.
-#[derive(Debug, Clone, Default)]
-pub struct ActRequest {
-    /// The task text.
-    pub input: String,
-    /// The tool chosen at the previous decision, if any.
-    pub previous_tool: Option<String>,
-    /// Whether that tool call failed.
-    pub previous_tool_error: bool,
-    /// Decisions made so far in this episode.
-    pub step_index: usize,
-    /// Tools available now; empty means every tool the policy knows.
-    pub tools: Vec<String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The promoted policy's probability for each available action (including
-/// answering without a tool) in each requested state, most likely first.
-/// The checkpoint is read once for all of them.
-pub fn act(checkpoint_dir: &Path, requests: &[ActRequest]) -> Result<Vec<Vec<(String, f64)>>> {
-    let (state, policy) = checkpoint::load_promoted(checkpoint_dir)?;
-    let spec = state.architecture().features;
-    let known = ActionSpace::new(&state.tools, spec)?;
-    requests
-        .iter()
-        .map(|request| {
-            let space = if request.tools.is_empty() {
-                known.clone()
-            } else {
-                ActionSpace::new(&request.tools.iter().cloned().collect(), spec)?
-            };
-            let query = State {
-                input: request.input.clone(),
-                previous_tool: request.previous_tool.clone(),
-                previous_tool_error: request.previous_tool_error,
-                step_index: request.step_index,
-            };
-            let states = states_tensor(std::iter::once(&query), spec)?;
-            let mask = Tensor::zeros(
-                (1, space.names.len()),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?;
-            let probabilities = policy
-                .action_log_probs(&states, &space.features, &mask)?
-                .exp()?
-                .squeeze(0)?
-                .to_vec1::<f32>()?;
-            let mut out: Vec<(String, f64)> = space
-                .names
-                .into_iter()
-                .zip(probabilities.into_iter().map(f64::from))
-                .collect();
-            out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            Ok(out)
-        })
-        .collect()
+    fn estimate(snips: f64, lower_bound: f64) -> PolicyEstimate {
+        PolicyEstimate {
+            ips: snips,
+            snips,
+            effective_sample_size: 100.0,
+            lower_bound,
+            upper_bound: snips + 0.1,
+        }
+    }
+
+    fn evaluation(logging: f64, current: f64, candidate: PolicyEstimate) -> OffPolicyEvaluation {
+        OffPolicyEvaluation {
+            held_out_episodes: 100,
+            held_out_decisions: 200,
+            evaluated_episodes: 100,
+            logged_probability_decisions: 200,
+            importance_weight_clip: 10.0,
+            confidence: 0.95,
+            logging_policy_value: logging,
+            current: estimate(current, current - 0.1),
+            candidate,
+        }
+    }
+
+    #[test]
+    fn the_gate_needs_the_logging_policy_beaten_and_finite_estimates() {
+        let cfg = RlConfig::default();
+        let gate = |e: &OffPolicyEvaluation| decide(&cfg, false, false, Some(e), 0);
+        // Beats the (untrained) current policy but not what the agent
+        // logged with: issue 23, item 6.
+        let worse_than_logging = evaluation(0.6, 0.3, estimate(0.55, 0.5));
+        let decision = gate(&worse_than_logging);
+        assert!(!decision.promoted, "{decision:?}");
+        assert!(decision.reason.contains("logging policy"), "{decision:?}");
+        assert!(gate(&evaluation(0.6, 0.3, estimate(0.7, 0.65))).promoted);
+        // A NaN anywhere is a failure, never a pass: item 5.
+        let nan = evaluation(0.6, 0.3, estimate(f64::NAN, 0.9));
+        let decision = gate(&nan);
+        assert!(!decision.promoted && decision.reason.contains("not finite"));
+        assert!(!gate(&evaluation(f64::NAN, 0.3, estimate(0.9, 0.9))).promoted);
+    }
 }

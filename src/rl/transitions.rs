@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::config::RlConfig;
 use super::features::State;
-use crate::trace::{Episode, StepKind};
+use crate::trace::{Episode, PolicyChoice, StepKind};
 
 /// The action "answer without calling a tool".
 pub const NO_TOOL: &str = "<no_tool>";
@@ -30,6 +30,8 @@ pub enum SkipReason {
     UndeclaredTool,
     /// A reward is NaN or infinite.
     NonFiniteReward,
+    /// A finite reward outside ±`rl.max_abs_reward`.
+    RewardOutOfRange,
     /// A logged behavior probability is outside (0, 1].
     InvalidBehaviorProbability,
     /// A reward plugin failed on the episode.
@@ -45,6 +47,7 @@ impl SkipReason {
             SkipReason::UnnamedTool => "unnamed_tool",
             SkipReason::UndeclaredTool => "undeclared_tool",
             SkipReason::NonFiniteReward => "non_finite_reward",
+            SkipReason::RewardOutOfRange => "reward_out_of_range",
             SkipReason::InvalidBehaviorProbability => "invalid_behavior_probability",
             SkipReason::PluginRewardFailed => "plugin_reward_failed",
         }
@@ -64,6 +67,9 @@ pub struct Decision {
     pub reward: f64,
     /// Probability the behavior policy gave `action`, when the trace has it.
     pub logged_probability: Option<f64>,
+    /// Whether the trace carries the decision id `/v1/policy/act` gave it:
+    /// Whetstone's served policy made this decision.
+    pub served: bool,
 }
 
 /// How an episode's decision sequence ends, for bootstrapping.
@@ -138,6 +144,7 @@ fn pick_reward(rewards: &BTreeMap<String, f64>, cfg: &RlConfig) -> Result<Option
     };
     match value {
         Some(v) if !v.is_finite() => Err(SkipReason::NonFiniteReward),
+        Some(v) if v.abs() > cfg.max_abs_reward => Err(SkipReason::RewardOutOfRange),
         // A NaN among rewards not selected is harmless, but a sum with one is not.
         _ => Ok(value),
     }
@@ -179,7 +186,7 @@ fn extract_one(
     let mut answer_reward = 0.0;
     // The latest chat span's logged probability, until a decision uses it:
     // the LLM call decides, so its span is where the probability belongs.
-    let mut chat_probability: Option<f64> = None;
+    let mut chat_choice: Option<&PolicyChoice> = None;
 
     for (step_idx, step) in episode.steps.iter().enumerate() {
         let step_reward = pick_reward(&step.rewards, cfg)?;
@@ -187,7 +194,7 @@ fn extract_one(
             StepKind::Llm => {
                 if let Some(llm) = &step.llm {
                     declared = llm.tools_available.clone();
-                    chat_probability = llm.policy.as_ref().map(|p| p.probability);
+                    chat_choice = llm.policy.as_ref();
                 }
             }
             StepKind::Tool => {
@@ -197,13 +204,12 @@ fn extract_one(
                 if !declared.is_empty() && !declared.contains(&step.name) {
                     return Err(SkipReason::UndeclaredTool);
                 }
-                let logged_probability = valid_probability(
-                    step.tool
-                        .as_ref()
-                        .and_then(|tool| tool.policy.as_ref())
-                        .map(|p| p.probability)
-                        .or(chat_probability.take()),
-                )?;
+                let choice = step
+                    .tool
+                    .as_ref()
+                    .and_then(|tool| tool.policy.as_ref())
+                    .or(chat_choice.take());
+                let logged_probability = valid_probability(choice.map(|p| p.probability))?;
                 let penalty = if step.error {
                     cfg.tool_error_penalty
                 } else {
@@ -215,6 +221,7 @@ fn extract_one(
                     declared_tools: declared.clone(),
                     reward: -penalty,
                     logged_probability,
+                    served: choice.is_some_and(|p| p.decision_id.is_some()),
                 });
                 previous = Some((step.name.clone(), step.error));
             }
@@ -238,7 +245,8 @@ fn extract_one(
             action: NO_TOOL.to_string(),
             declared_tools: declared.clone(),
             reward: answer_reward,
-            logged_probability: valid_probability(chat_probability)?,
+            logged_probability: valid_probability(chat_choice.map(|p| p.probability))?,
+            served: chat_choice.is_some_and(|p| p.decision_id.is_some()),
         });
     }
     if decisions.is_empty() {
@@ -309,6 +317,7 @@ mod tests {
                     policy: probability.map(|probability| PolicyChoice {
                         version: None,
                         probability,
+                        decision_id: None,
                     }),
                     ..ToolCall::default()
                 },
@@ -402,6 +411,7 @@ mod tests {
             step.llm.as_mut().unwrap().policy = Some(PolicyChoice {
                 version: None,
                 probability,
+                decision_id: None,
             });
             step
         };

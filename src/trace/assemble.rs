@@ -429,18 +429,30 @@ fn tool_step(span: &Span) -> Step {
     }
 }
 
-/// The decision's behavior probability (`whetstone.policy.probability`) and
-/// policy version, on the chat span that decided or the tool span it ran.
+/// The decision's behavior probability (`whetstone.policy.probability`),
+/// policy version and decision id, on the chat span that decided or the
+/// tool span it ran. Without `whetstone.policy.version`, the version is the
+/// one the decision id names.
 fn policy_choice(span: &Span) -> Option<PolicyChoice> {
     let probability = span
         .attributes
         .get("whetstone.policy.probability")
         .and_then(as_f64)?;
+    let decision_id = span
+        .str_attr("whetstone.policy.decision_id")
+        .map(str::to_string);
+    let version = span
+        .str_attr("whetstone.policy.version")
+        .or_else(|| {
+            decision_id
+                .as_deref()
+                .and_then(PolicyChoice::version_of_decision_id)
+        })
+        .map(str::to_string);
     Some(PolicyChoice {
-        version: span
-            .str_attr("whetstone.policy.version")
-            .map(str::to_string),
+        version,
         probability,
+        decision_id,
     })
 }
 
@@ -844,6 +856,7 @@ pub(super) fn unknown_whetstone_attributes(span: &Span) -> impl Iterator<Item = 
                     | "whetstone.prompt.version"
                     | "whetstone.policy.version"
                     | "whetstone.policy.probability"
+                    | "whetstone.policy.decision_id"
             )
             && key
                 .strip_prefix("whetstone.reward.")

@@ -233,6 +233,20 @@ pub struct PolicyChoice {
     pub version: Option<String>,
     /// Probability the policy gave the chosen action (behavior probability).
     pub probability: f64,
+    /// The id `/v1/policy/act` gave the decision
+    /// (`whetstone.policy.decision_id`, `<policy version>-<16 hex digits>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+}
+
+impl PolicyChoice {
+    /// The policy version a decision id names (its part before the first `-`).
+    pub fn version_of_decision_id(decision_id: &str) -> Option<&str> {
+        decision_id
+            .split_once('-')
+            .map(|(version, _)| version)
+            .filter(|version| !version.is_empty())
+    }
 }
 
 /// Token counts.

@@ -34,8 +34,11 @@ fn learner_hash(dir: &Path) -> String {
 fn two_runs_equal_one_run_of_twice_the_iterations() {
     let episodes = logged_episodes();
     let tmp = tempfile::tempdir().unwrap();
+    // No KL stop: where it cuts an iteration depends on the run's start,
+    // and this compares step counts exactly.
     let cfg = RlConfig {
         iterations_per_run: 2,
+        target_kl: None,
         ..RlConfig::default()
     };
     let first = train_plain(
@@ -65,7 +68,7 @@ fn two_runs_equal_one_run_of_twice_the_iterations() {
 
     let once = RlConfig {
         iterations_per_run: 4,
-        ..RlConfig::default()
+        ..cfg.clone()
     };
     train_plain(
         &episodes,
@@ -302,5 +305,98 @@ fn too_little_held_out_data_does_not_promote() {
             .starts_with("not enough held-out data: effective sample size"),
         "{}",
         report.promotion.reason
+    );
+}
+
+/// Issue 19, "finite but absurd values": a reward of -1e308 passes a NaN
+/// check but turned every weight into NaN; it is now out of range and its
+/// episode skipped, counted, and the checkpoint stays finite.
+#[test]
+fn absurd_rewards_are_rejected_and_counted() {
+    let mut episodes = logged_episodes();
+    let absurd = episodes.len() / 3;
+    for episode in episodes.iter_mut().take(absurd) {
+        episode.rewards.insert("success".into(), -1e308);
+    }
+    let cfg = RlConfig {
+        iterations_per_run: 2,
+        ..RlConfig::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rl");
+    let report = train_plain(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+    assert_eq!(
+        report.episodes.skipped.get("reward_out_of_range"),
+        Some(&absurd),
+        "{:?}",
+        report.episodes
+    );
+    assert!(
+        report.training.value_loss.is_finite(),
+        "{:?}",
+        report.training
+    );
+    // Resuming works: the checkpoint holds finite numbers only.
+    train_plain(&episodes, &cfg, &tmp.path().join("out"), &dir).unwrap();
+}
+
+/// Overwrites tensor `name` of the `kind` weight file with NaN and records
+/// the new hash, as a diverged run of an older version left it.
+fn poison(dir: &Path, kind: &str) {
+    use sha2::Digest;
+    let state_path = dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let file = state["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|n| n.starts_with(&format!("{kind}-")))
+        .unwrap()
+        .clone();
+    let path = dir.join(&file);
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let name = tensors.keys().min().unwrap().clone();
+    let nan = (tensors[&name].ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert(name, nan);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let hash = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+    state["files"][&file] = serde_json::json!(hash);
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+}
+
+/// Issue 19: a non-finite checkpoint is never resumed from (nor served);
+/// the error says why and the checkpoint is left as it was.
+#[test]
+fn a_non_finite_checkpoint_is_refused_and_kept() {
+    let episodes = logged_episodes();
+    let cfg = RlConfig {
+        iterations_per_run: 1,
+        ..RlConfig::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let dir = tmp.path().join("rl");
+    train_plain(&episodes, &cfg, &out, &dir).unwrap();
+    poison(&dir, "learner");
+    let before = std::fs::read(dir.join("state.json")).unwrap();
+    let err = format!(
+        "{:#}",
+        train_plain(&episodes, &cfg, &out, &dir).unwrap_err()
+    );
+    assert!(
+        err.contains("learner tensor") && err.contains("refusing a non-finite checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), before);
+
+    poison(&dir, "promoted");
+    let err = whetstone::rl::serve::promoted_version(&dir)
+        .and_then(|_| whetstone::rl::ServedPolicy::load(&dir).map(|_| ()))
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("promoted tensor") || err.contains("promotion gate"),
+        "{err}"
     );
 }

@@ -13,6 +13,10 @@ mod checkpoint;
 
 mod cli;
 
+mod online;
+
+mod serving;
+
 use std::path::Path;
 
 use whetstone::plugin::Plugins;

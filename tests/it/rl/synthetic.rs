@@ -130,6 +130,7 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                 call.policy = Some(PolicyChoice {
                     version: Some("logging".into()),
                     probability,
+                    decision_id: None,
                 });
                 steps.push(Step::llm("gpt-test", call));
             } else {
@@ -146,6 +147,7 @@ pub fn episodes(n: usize, seed: u64) -> Vec<Episode> {
                     policy: Some(PolicyChoice {
                         version: Some("logging".into()),
                         probability,
+                        decision_id: None,
                     }),
                 };
                 steps.push(Step::tool(chosen, tool));

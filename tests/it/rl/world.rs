@@ -36,7 +36,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use whetstone::ingest::{IngestOptions, ingest_paths};
-use whetstone::rl::{ActRequest, NO_TOOL, act};
+use whetstone::rl::{ActRequest, NO_TOOL, ServedPolicy};
 use whetstone::rng::Rng;
 use whetstone::store::{EpisodeFilter, Store};
 use whetstone::trace::Episode;
@@ -415,6 +415,19 @@ pub struct LoggedDecision {
     pub probability: f64,
     /// Whether the tool call failed.
     pub error: bool,
+    /// Set when Whetstone's served policy made the decision.
+    pub served: Option<Served>,
+}
+
+/// An agent's decision rule: action probabilities in a state, and what the
+/// served policy said when it decided.
+pub type AgentPolicy<'a> = dyn Fn(&str, Obs) -> ([f64; 6], Option<Served>) + 'a;
+
+/// What `/v1/policy/act` (or `rl::ServedPolicy`) said about a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub policy_version: u64,
+    pub decision_id: String,
 }
 
 /// One logged run.
@@ -424,17 +437,28 @@ pub struct LoggedEpisode {
     pub decisions: Vec<LoggedDecision>,
     /// Final reward: 1 when answered with the plan complete.
     pub success: f64,
+    /// Noise added to the logged final reward.
+    pub reward_noise: f64,
     /// An off-plan tool derailed the run.
     pub aborted: bool,
 }
 
 /// Runs the logging policy on a training task.
 pub fn simulate(rng: &mut Rng) -> LoggedEpisode {
+    simulate_with(rng, &|text, obs| (logging_policy(text, obs), None), 0.0)
+}
+
+/// Runs an agent on a training task: at each decision `policy` gives the
+/// action probabilities and, when they came from Whetstone's served policy,
+/// its version and decision id (logged with the decision). The final
+/// reward gets uniform noise in ±`reward_noise` (its mean is unchanged, so
+/// the true values are too).
+pub fn simulate_with(rng: &mut Rng, policy: &AgentPolicy<'_>, reward_noise: f64) -> LoggedEpisode {
     let task = task(rng, false);
     let mut obs = Obs::START;
     let mut decisions = Vec::new();
     loop {
-        let probabilities = logging_policy(&task.text, obs);
+        let (probabilities, served) = policy(&task.text, obs);
         let mut draw = rng.next_f64();
         let action = (0..ANSWER)
             .find(|&a| {
@@ -453,6 +477,7 @@ pub fn simulate(rng: &mut Rng) -> LoggedEpisode {
             action,
             probability: probabilities[action],
             error: outcome.error,
+            served,
         });
         match outcome.next {
             Some(next) => obs = next,
@@ -460,8 +485,14 @@ pub fn simulate(rng: &mut Rng) -> LoggedEpisode {
                 let complete = progress(task.intent, obs) == task.intent.plan().len();
                 let off_plan = action != ANSWER
                     && task.intent.plan().get(progress(task.intent, obs)) != Some(&action);
+                let noise = if reward_noise > 0.0 {
+                    (rng.next_f64() * 2.0 - 1.0) * reward_noise
+                } else {
+                    0.0
+                };
                 return LoggedEpisode {
                     success: f64::from(u8::from(action == ANSWER && complete)),
+                    reward_noise: noise,
                     aborted: off_plan,
                     task,
                     decisions,
@@ -527,6 +558,19 @@ pub fn otlp_line(episode: &LoggedEpisode, seed: u64, index: usize) -> String {
             ],
             "status": {}
         }));
+        if let Some(served) = &decision.served {
+            let attributes = spans.last_mut().unwrap()["attributes"]
+                .as_array_mut()
+                .unwrap();
+            attributes.push(attribute(
+                "whetstone.policy.version",
+                json!(served.policy_version.to_string()),
+            ));
+            attributes.push(attribute(
+                "whetstone.policy.decision_id",
+                json!(served.decision_id),
+            ));
+        }
         n += 2;
         if decision.action == ANSWER {
             continue;
@@ -558,7 +602,7 @@ pub fn otlp_line(episode: &LoggedEpisode, seed: u64, index: usize) -> String {
         "attributes": [
             attribute("gen_ai.operation.name", json!("invoke_agent")),
             attribute("whetstone.policy.version", json!("keyword-router-eps0.3")),
-            attribute("whetstone.reward.success", json!(episode.success)),
+            attribute("whetstone.reward.success", json!(episode.success + episode.reward_noise)),
         ],
         "status": if episode.aborted { json!({"code": 2, "message": "off-plan tool"}) } else { json!({}) }
     }));
@@ -695,27 +739,42 @@ pub struct Score {
 /// The promoted policy's action probabilities (in [`ACTIONS`] order) for
 /// every query of `held_out`, asked through `whetstone::rl::act`.
 pub fn learned_probabilities(checkpoint_dir: &Path, held_out: &HeldOut) -> Vec<[f64; 6]> {
+    served_probabilities(&ServedPolicy::load(checkpoint_dir).unwrap(), held_out)
+}
+
+/// `policy`'s action probabilities (in [`ACTIONS`] order) for every query
+/// of `held_out`.
+pub fn served_probabilities(policy: &ServedPolicy, held_out: &HeldOut) -> Vec<[f64; 6]> {
     let requests: Vec<ActRequest> = held_out
         .queries()
         .into_iter()
-        .map(|(text, obs)| ActRequest {
-            input: text.to_string(),
-            previous_tool: obs.previous.map(|(tool, _)| ACTIONS[tool].to_string()),
-            previous_tool_error: obs.previous.is_some_and(|(_, error)| error),
-            step_index: obs.step,
-            tools: Vec::new(),
-        })
+        .map(|(text, obs)| request(text, obs))
         .collect();
-    act(checkpoint_dir, &requests)
+    policy
+        .act(&requests)
         .unwrap()
         .into_iter()
-        .map(|ranked| {
-            let mut probabilities = [0.0; 6];
-            for (name, p) in ranked {
-                let idx = ACTIONS.iter().position(|a| *a == name).unwrap();
-                probabilities[idx] = p;
-            }
-            probabilities
-        })
+        .map(|ranked| in_action_order(&ranked))
         .collect()
+}
+
+/// The state `act` scores for `obs` of a run on `text`.
+pub fn request(text: &str, obs: Obs) -> ActRequest {
+    ActRequest {
+        input: text.to_string(),
+        previous_tool: obs.previous.map(|(tool, _)| ACTIONS[tool].to_string()),
+        previous_tool_error: obs.previous.is_some_and(|(_, error)| error),
+        step_index: obs.step,
+        tools: Vec::new(),
+    }
+}
+
+/// Ranked (action, probability) pairs as probabilities in [`ACTIONS`] order.
+pub fn in_action_order(ranked: &[(String, f64)]) -> [f64; 6] {
+    let mut probabilities = [0.0; 6];
+    for (name, p) in ranked {
+        let idx = ACTIONS.iter().position(|a| a == name).unwrap();
+        probabilities[idx] = *p;
+    }
+    probabilities
 }
