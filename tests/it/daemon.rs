@@ -264,8 +264,9 @@ async fn daemon_ingests_runs_rounds_reloads_config_and_survives_kill_9() {
         .send()
         .await
         .unwrap();
-    assert!(act.status().is_success());
+    let act_status = act.status();
     let act: Value = act.json().await.unwrap();
+    assert!(act_status.is_success(), "{act:#}");
     let probability = act["probability"].as_f64().unwrap();
     assert!(probability > 0.0 && probability <= 1.0, "{act:#}");
     assert_eq!(act["decision_id"].as_str().unwrap().len(), 16);
